@@ -1,0 +1,21 @@
+"""TaskAlign rules engine: the review's guidelines as data, evaluated against a task profile.
+
+Imports only pydantic and PyYAML, so it loads and answers in milliseconds.
+"""
+
+from .engine import Engine, default_engine, engine_from
+from .knowledge import Knowledge, KnowledgeError, load_knowledge
+from .profile import ProfileConflict, TaskProfile
+from .recommendation import Recommendation
+
+__all__ = [
+    "Engine",
+    "Knowledge",
+    "KnowledgeError",
+    "ProfileConflict",
+    "Recommendation",
+    "TaskProfile",
+    "default_engine",
+    "engine_from",
+    "load_knowledge",
+]

@@ -1,0 +1,396 @@
+"""Load and validate the knowledge files: method catalog, augmentations, references,
+Table 3 and the rule tables. Any inconsistency stops loading with the file and rule id."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .conditions import ConditionError, Predicate, compile_condition
+from .vocabulary import KINDS, PACKAGE_DIR, Vocabulary
+
+RefId = int | str
+Family = Literal["contrastive_global", "contrastive_local", "predictive", "generative", "hybrid"]
+
+
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class KnowledgeError(ValueError):
+    """A knowledge file is invalid; names the file and the entry."""
+
+    def __init__(self, file: str, entry: str, message: str):
+        self.file, self.entry = file, entry
+        super().__init__(f"{file}: {entry}: {message}")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Method(Strict):
+    id: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    name: str
+    family: Family
+    granularity: Literal["global", "local", "dense"]
+    dims: list[Literal["2d", "3d", "video"]]
+    needs: list[str] = []
+    modalities: list[str] | None = None
+    anatomies: list[str] | None = None
+    tags: list[str] = []
+    large_batch: bool = False
+    hyperparameters: dict[str, Any] = {}
+    augmentations: list[str] = []
+    references: list[RefId]
+    summary: str
+
+
+class Reference(Strict):
+    id: RefId
+    authors: str
+    year: int
+    title: str
+    venue: str = ""
+    cited_in: list[str] = []
+    note: str | None = None
+
+
+class Selector(Strict):
+    """Which methods an effect touches; all given keys must match, list entries are alternatives."""
+
+    methods: list[str] | None = None
+    families: list[Family] | None = None
+    tags: list[str] | None = None
+    not_tags: list[str] | None = None
+    granularity: list[str] | None = None
+    has_hyperparameter: str | None = None
+    large_batch: bool | None = None
+
+    def matches(self, m: Method) -> bool:
+        return (
+            (self.methods is None or m.id in self.methods)
+            and (self.families is None or m.family in self.families)
+            and (self.tags is None or bool(set(self.tags) & set(m.tags)))
+            and (self.not_tags is None or not set(self.not_tags) & set(m.tags))
+            and (self.granularity is None or m.granularity in self.granularity)
+            and (self.has_hyperparameter is None or self.has_hyperparameter in m.hyperparameters)
+            and (self.large_batch is None or m.large_batch == self.large_batch)
+        )
+
+
+class ScoreEffect(Strict):
+    select: Selector
+    add: float
+
+
+class HyperparameterEffect(Strict):
+    select: Selector
+    name: str
+    set: Any = None
+    max: float | None = None
+    min: float | None = None
+    raise_min: float | None = None
+
+    @model_validator(mode="after")
+    def _one_op(self) -> HyperparameterEffect:
+        ops = [k for k in ("set", "max", "min", "raise_min") if getattr(self, k) is not None]
+        if len(ops) != 1:
+            raise ValueError(f"give exactly one of set, max, min, raise_min (got {ops})")
+        return self
+
+
+class AugmentEffect(Strict):
+    use: list[str] = []
+    avoid: list[str] = []
+
+
+class WarnEffect(Strict):
+    code: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    severity: Literal["low", "medium", "high"]
+    message: str
+
+
+class Effect(Strict):
+    score: ScoreEffect | None = None
+    hyperparameter: HyperparameterEffect | None = None
+    augment: AugmentEffect | None = None
+    warn: WarnEffect | None = None
+    note: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Effect:
+        kinds = [k for k in type(self).model_fields if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError(f"an effect has exactly one kind, got {kinds or 'none'}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in type(self).model_fields if getattr(self, k) is not None)
+
+
+class Rule(Strict):
+    id: str = Field(pattern=r"^[a-z0-9_.]+$")
+    description: str
+    when: dict[str, Any]
+    effects: list[Effect] = Field(min_length=1)
+    rationale: str
+    refs: list[RefId] = Field(min_length=1)
+    sections: list[str] = []
+    source: str | None = None
+
+
+class Cell(Strict):
+    rating: Literal["strong", "moderate", "weak"]
+    sections: list[str]
+    refs: list[RefId] = []
+    why: str | None = None
+    per_task: dict[str, Literal["strong", "moderate", "weak"]] = {}
+
+
+class AlignmentTable(Strict):
+    note: str
+    points: dict[Literal["strong", "moderate", "weak"], float]
+    families: dict[Family, dict[str, str]]
+    columns: dict[str, dict[str, Any]]
+    cells: dict[Family, dict[str, Cell]]
+
+
+class RegimeAdvice(Strict):
+    expected_benefit: str
+    evaluation: str
+    adaptation: str
+    refs: list[RefId]
+    sections: list[str]
+
+
+@dataclass
+class LoadedRule:
+    rule: Rule
+    file: str
+    predicate: Predicate
+    # Per effect, the ids of the catalog methods its selector picks (precomputed).
+    selected: list[frozenset[str]]
+
+
+@dataclass
+class Knowledge:
+    vocabulary: Vocabulary
+    methods: dict[str, Method]
+    augmentations: dict[str, dict[str, Any]]
+    references: dict[RefId, Reference]
+    alignment: AlignmentTable
+    regime_advice: dict[str, RegimeAdvice]
+    rules: list[LoadedRule]
+    needs: dict[str, tuple[Predicate, str]]
+    fingerprint: str
+    files: list[str] = field(default_factory=list)
+
+    def expand_augmentations(self, names: list[str]) -> list[str]:
+        """Resolve `tag:x` entries to the augmentations carrying that tag."""
+        out: list[str] = []
+        for name in names:
+            if name.startswith("tag:"):
+                tag = name[4:]
+                out.extend(a for a, e in self.augmentations.items() if tag in e.get("tags", []))
+            else:
+                out.append(name)
+        return out
+
+
+RULE_FILES = [
+    "objectives.yaml",
+    "modality.yaml",
+    "label_regime.yaml",
+    "transfer.yaml",
+    "multimodal_hybrid.yaml",
+    "signal_organization.yaml",
+]
+
+
+def _read(path: Path) -> Any:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return yaml.load(fh, Loader=_LOADER)
+    except yaml.YAMLError as err:
+        raise KnowledgeError(path.name, "yaml", str(err)) from None
+
+
+def _fact_domains(vocab: Vocabulary) -> dict[str, set[str] | None]:
+    def values(kind: str) -> set[str]:
+        return {str(k) for k in vocab.raw[KINDS[kind]]}
+
+    return {
+        "task": values("task"),
+        "table3": {str(t["table3"]) for t in vocab.raw["tasks"].values()},
+        "modality": values("modality"),
+        "anatomy": values("anatomy"),
+        "dims": values("dimensionality"),
+        "label_regime": values("label_regime"),
+        "lesion_scale": values("lesion_scale"),
+        "signal_organization": values("signal_organization"),
+        "noise": values("noise"),
+        "paired_modalities": values("modality"),
+        **{k: None for k in ("labeled", "unlabeled", "classes", "orientation_sensitive",
+                             "patient_ids", "paired", "multi_sequence", "temporal", "color",
+                             "kspace", "atlas", "gpu_memory_gb")},
+    }
+
+
+def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = None) -> Knowledge:
+    root = root or PACKAGE_DIR
+    from .vocabulary import load_vocabulary
+
+    vocab = vocabulary or load_vocabulary(root / "vocabulary.yaml")
+    digest = hashlib.sha256((root / "vocabulary.yaml").read_bytes())
+    files: list[str] = ["vocabulary.yaml"]
+
+    def read(rel: str) -> Any:
+        path = root / rel
+        digest.update(rel.encode() + path.read_bytes())
+        files.append(rel)
+        return _read(path)
+
+    refs_doc = read("references.yaml")
+    references: dict[RefId, Reference] = {}
+    for raw in refs_doc["references"]:
+        try:
+            ref = Reference.model_validate(raw)
+        except ValidationError as err:
+            raise KnowledgeError("references.yaml", str(raw.get("id")), str(err)) from None
+        if ref.id in references:
+            raise KnowledgeError("references.yaml", str(ref.id), "duplicate reference id")
+        references[ref.id] = ref
+
+    def check_refs(file: str, entry: str, refs: list[RefId]) -> None:
+        for r in refs:
+            if r not in references:
+                raise KnowledgeError(file, entry, f"unknown reference {r!r}")
+
+    augmentations = read("catalog/augmentations.yaml")["augmentations"]
+    aug_tags = {t for a in augmentations.values() for t in a.get("tags", [])}
+
+    def check_augs(file: str, entry: str, names: list[str]) -> None:
+        for name in names:
+            ok = name[4:] in aug_tags if name.startswith("tag:") else name in augmentations
+            if not ok:
+                raise KnowledgeError(file, entry, f"unknown augmentation {name!r}")
+
+    needs: dict[str, tuple[Predicate, str]] = {}
+    domains = _fact_domains(vocab)
+    for key, spec in vocab.raw["needs"].items():
+        try:
+            needs[key] = (compile_condition(spec["condition"], domains, f"needs.{key}"),
+                          spec["missing"])
+        except ConditionError as err:
+            raise KnowledgeError("vocabulary.yaml", f"needs.{key}", str(err)) from None
+
+    methods: dict[str, Method] = {}
+    for rel in sorted(p.relative_to(root).as_posix() for p in (root / "catalog").glob("*.yaml")):
+        if rel.endswith("augmentations.yaml"):
+            continue
+        for raw in read(rel).get("methods", []):
+            entry = str(raw.get("id", "?"))
+            try:
+                method = Method.model_validate(raw)
+            except ValidationError as err:
+                raise KnowledgeError(rel, entry, str(err)) from None
+            if method.id in methods:
+                raise KnowledgeError(rel, entry, "duplicate method id")
+            check_refs(rel, entry, method.references)
+            check_augs(rel, entry, method.augmentations)
+            for need in method.needs:
+                if need not in needs:
+                    raise KnowledgeError(rel, entry, f"unknown need {need!r}; known: "
+                                         f"{', '.join(needs)}")
+            for mod in method.modalities or []:
+                if mod not in domains["modality"]:
+                    raise KnowledgeError(rel, entry, f"unknown modality {mod!r}")
+            for anatomy in method.anatomies or []:
+                if anatomy not in domains["anatomy"]:
+                    raise KnowledgeError(rel, entry, f"unknown anatomy {anatomy!r}")
+            methods[method.id] = method
+
+    try:
+        alignment = AlignmentTable.model_validate(read("tables/alignment.yaml"))
+    except ValidationError as err:
+        raise KnowledgeError("tables/alignment.yaml", "table", str(err)) from None
+    for fam, row in alignment.cells.items():
+        for col, cell in row.items():
+            if col not in alignment.columns:
+                raise KnowledgeError("tables/alignment.yaml", f"{fam}.{col}", "unknown column")
+            check_refs("tables/alignment.yaml", f"{fam}.{col}", cell.refs)
+    if set(domains["table3"]) - set(alignment.columns):
+        raise KnowledgeError("tables/alignment.yaml", "columns",
+                             "a task maps to a column Table 3 lacks")
+
+    regime_doc = read("tables/label_regime.yaml")
+    regime_advice = {}
+    for regime, raw in regime_doc["advice"].items():
+        try:
+            regime_advice[regime] = RegimeAdvice.model_validate(raw)
+        except ValidationError as err:
+            raise KnowledgeError("tables/label_regime.yaml", f"advice.{regime}", str(err)) from None
+    missing = domains["label_regime"] - set(regime_advice)
+    if missing:
+        raise KnowledgeError("tables/label_regime.yaml", "advice", f"missing {sorted(missing)}")
+
+    all_tags = {t for m in methods.values() for t in m.tags}
+    all_hparams = {h for m in methods.values() for h in m.hyperparameters}
+    rules: list[LoadedRule] = []
+    seen: set[str] = set()
+    for name in RULE_FILES:
+        rel = f"tables/{name}"
+        doc = regime_doc if name == "label_regime.yaml" else read(rel)
+        for raw in doc.get("rules", []):
+            entry = str(raw.get("id", "?"))
+            try:
+                rule = Rule.model_validate(raw)
+                predicate = compile_condition(rule.when, domains)
+            except (ValidationError, ConditionError) as err:
+                raise KnowledgeError(rel, entry, str(err)) from None
+            if rule.id in seen:
+                raise KnowledgeError(rel, entry, "duplicate rule id")
+            seen.add(rule.id)
+            check_refs(rel, entry, rule.refs)
+            selected = []
+            for effect in rule.effects:
+                sel = (effect.score or effect.hyperparameter)
+                if effect.augment:
+                    check_augs(rel, entry, effect.augment.use + effect.augment.avoid)
+                if sel is None:
+                    selected.append(frozenset())
+                    continue
+                s = sel.select
+                for t in (s.tags or []) + (s.not_tags or []):
+                    if t not in all_tags:
+                        raise KnowledgeError(rel, entry, f"no method has tag {t!r}")
+                for mid in s.methods or []:
+                    if mid not in methods:
+                        raise KnowledgeError(rel, entry, f"unknown method {mid!r}")
+                if s.has_hyperparameter and s.has_hyperparameter not in all_hparams:
+                    raise KnowledgeError(rel, entry,
+                                         f"no method has hyperparameter {s.has_hyperparameter!r}")
+                picked = frozenset(m.id for m in methods.values() if s.matches(m))
+                if not picked:
+                    raise KnowledgeError(rel, entry, "selector matches no method")
+                selected.append(picked)
+            rules.append(LoadedRule(rule=rule, file=rel, predicate=predicate, selected=selected))
+
+    return Knowledge(
+        vocabulary=vocab,
+        methods=methods,
+        augmentations=augmentations,
+        references=references,
+        alignment=alignment,
+        regime_advice=regime_advice,
+        rules=rules,
+        needs=needs,
+        fingerprint=digest.hexdigest()[:16],
+        files=files,
+    )

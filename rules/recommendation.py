@@ -1,0 +1,113 @@
+"""The recommendation as returned by the engine, the REST API and `taskalign recommend --json`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from .profile import Assumption, ResolvedProfile
+
+
+class Evidence(BaseModel):
+    id: int | str
+    authors: str
+    year: int
+    title: str
+
+
+class Alignment(BaseModel):
+    rating: str
+    column: str
+    family_label: str
+    sections: list[str]
+    why: str | None = None
+
+
+class AvoidedAugmentation(BaseModel):
+    name: str
+    rule: str
+    reason: str
+
+
+class Augmentations(BaseModel):
+    use: list[str]
+    avoid: list[AvoidedAugmentation]
+
+
+class HyperparameterChange(BaseModel):
+    name: str
+    before: Any
+    after: Any
+    rule: str
+
+
+class MethodRecommendation(BaseModel):
+    rank: int
+    id: str
+    name: str
+    family: str
+    granularity: str
+    score: float
+    alignment: Alignment
+    hyperparameters: dict[str, Any]
+    hyperparameter_changes: list[HyperparameterChange]
+    augmentations: Augmentations
+    data_needs: list[str]
+    rationale: list[str]
+    evidence: list[Evidence]
+
+
+class Excluded(BaseModel):
+    id: str
+    reasons: list[str]
+
+
+class Warning(BaseModel):
+    code: str
+    severity: str
+    message: str
+    rule: str
+    evidence: list[Evidence]
+
+
+class LabelAdvice(BaseModel):
+    regime: str
+    derived_from: str
+    expected_benefit: str
+    evaluation: str
+    adaptation: str
+    sections: list[str]
+    evidence: list[Evidence]
+
+
+class TraceEffect(BaseModel):
+    kind: str
+    detail: str
+    methods: list[str] = []
+
+
+class TraceEntry(BaseModel):
+    rule: str
+    file: str
+    effects: list[TraceEffect]
+
+
+class EngineInfo(BaseModel):
+    knowledge_fingerprint: str
+    methods_in_catalog: int
+    rules_loaded: int
+
+
+class Recommendation(BaseModel):
+    profile: ResolvedProfile
+    assumptions: list[Assumption]
+    recommendations: list[MethodRecommendation]
+    excluded: list[Excluded]
+    warnings: list[Warning]
+    label_advice: LabelAdvice
+    augmentations: Augmentations
+    notes: list[str]
+    alignment_note: str
+    trace: list[TraceEntry]
+    engine: EngineInfo

@@ -1,0 +1,1 @@
+"""TaskAlign HTTP service: FastAPI app, settings, database and CLI."""

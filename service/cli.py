@@ -1,0 +1,154 @@
+"""`taskalign` command line: serve the API, ask the rules engine, browse the catalog."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from rules import ProfileConflict, Recommendation, TaskProfile, default_engine
+
+app = typer.Typer(help="TaskAlign: task-aligned self-supervised learning for medical imaging.",
+                  no_args_is_help=True, add_completion=False)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Port.")] = None,
+) -> None:
+    """Start the API (SQLite under TASKALIGN_HOME unless TASKALIGN_DATABASE_URL says otherwise)."""
+    import uvicorn
+
+    from .config import get_settings
+    from .main import create_app
+
+    settings = get_settings()
+    uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
+                log_level=settings.log_level)
+
+
+def _flag(value: bool | None) -> bool | None:
+    return value
+
+
+@app.command()
+def recommend(
+    task: Annotated[str, typer.Option(help="classification, segmentation, detection, "
+                                      "anomaly_detection, reconstruction, regression")],
+    modality: Annotated[str, typer.Option(help="ct, mri, xray, histopathology, ...")],
+    anatomy: Annotated[str | None, typer.Option()] = None,
+    dims: Annotated[str | None, typer.Option("--dims", help="2d, 3d or video")] = None,
+    label_regime: Annotated[str | None, typer.Option(help="none, few_shot, low, moderate, full")]
+    = None,
+    labeled: Annotated[int | None, typer.Option(help="Number of labelled images.")] = None,
+    unlabeled: Annotated[int | None, typer.Option(help="Number of unlabelled images.")] = None,
+    classes: Annotated[int | None, typer.Option()] = None,
+    orientation_sensitive: Annotated[bool | None, typer.Option(
+        "--orientation-sensitive/--orientation-free")] = None,
+    lesion_scale: Annotated[str | None, typer.Option(help="small_focal, large, diffuse")] = None,
+    signal: Annotated[str | None, typer.Option(help="localized, global, mixed")] = None,
+    patient_ids: Annotated[bool | None, typer.Option("--patient-ids/--no-patient-ids")] = None,
+    paired: Annotated[list[str] | None, typer.Option(help="Paired modality (repeatable).")] = None,
+    multi_sequence: Annotated[bool | None, typer.Option("--multi-sequence/--single-sequence")]
+    = None,
+    temporal: Annotated[bool | None, typer.Option("--temporal/--static")] = None,
+    color: Annotated[bool | None, typer.Option("--color/--grayscale")] = None,
+    noise: Annotated[str | None, typer.Option()] = None,
+    kspace: Annotated[bool | None, typer.Option("--kspace/--no-kspace")] = None,
+    gpu_memory_gb: Annotated[float | None, typer.Option()] = None,
+    top_k: Annotated[int, typer.Option(help="How many methods to list.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+) -> None:
+    """Recommend pretext methods for a task profile."""
+    props = {
+        "orientation_sensitive": orientation_sensitive, "lesion_scale": lesion_scale,
+        "signal_organization": signal, "patient_ids": patient_ids,
+        "paired_modalities": paired or None, "multi_sequence": multi_sequence,
+        "temporal": temporal, "color": color, "noise": noise, "kspace": kspace,
+        "gpu_memory_gb": gpu_memory_gb,
+    }
+    raw = {
+        "task": task, "modality": modality, "anatomy": anatomy, "dimensionality": dims,
+        "label_regime": label_regime, "labeled": labeled, "unlabeled": unlabeled,
+        "classes": classes, "top_k": top_k,
+        "properties": {k: v for k, v in props.items() if v is not None},
+    }
+    try:
+        profile = TaskProfile.model_validate({k: v for k, v in raw.items() if v is not None})
+        rec = default_engine().recommend(profile)
+    except ValidationError as err:
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            err_console.print(f"[red]error[/red] {field}: {e['msg']}")
+        raise typer.Exit(2) from None
+    except ProfileConflict as err:
+        err_console.print(f"[red]error[/red] {err.field}: {err.reason}")
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(rec.model_dump_json())
+        return
+    _print_recommendation(rec)
+
+
+def _print_recommendation(rec: Recommendation) -> None:
+    p = rec.profile
+    console.print(f"[bold]{p.task}[/bold] · {p.modality}"
+                  f"{' · ' + p.anatomy if p.anatomy else ''} · {p.dimensionality} · "
+                  f"labels: [bold]{p.label_regime}[/bold] ({p.label_regime_source})")
+    table = Table(show_lines=False)
+    for col in ("#", "method", "family", "Table 3", "score", "key hyperparameters"):
+        table.add_column(col)
+    keys = ("mask_ratio", "temperature", "crop_scale", "grid", "patch_size", "queue_size")
+    for r in rec.recommendations:
+        hp = ", ".join(f"{k}={r.hyperparameters[k]}" for k in keys if k in r.hyperparameters)
+        table.add_row(str(r.rank), f"{r.name} [dim]({r.id})[/dim]", r.family,
+                      r.alignment.rating, f"{r.score:g}", hp)
+    console.print(table)
+    colour = {"high": "red", "medium": "yellow", "low": "cyan"}
+    for w in rec.warnings:
+        refs = ", ".join(f"[{e.id}]" for e in w.evidence)
+        console.print(f"[{colour[w.severity]}]warning[/] {w.code}: {w.message} {refs}")
+    a = rec.label_advice
+    console.print(f"[bold]label regime {a.regime}[/bold]: {a.expected_benefit}\n"
+                  f"  evaluate: {a.evaluation}\n  adapt: {a.adaptation}")
+    if rec.augmentations.avoid:
+        avoided = ", ".join(sorted({x.name for x in rec.augmentations.avoid}))
+        console.print(f"avoid augmentations: {avoided}")
+    for note in rec.notes:
+        console.print(f"[dim]note[/dim] {note}")
+    for item in rec.assumptions:
+        if item.source == "global default":
+            continue
+        console.print(f"[dim]assumed {item.field}={item.value} ({item.source})[/dim]")
+
+
+@app.command("methods")
+def list_methods(
+    family: Annotated[str | None, typer.Option()] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List the pretext-method catalog."""
+    methods = [m for m in default_engine().kb.methods.values()
+               if family is None or m.family == family]
+    if as_json:
+        typer.echo(json.dumps({"data": [m.model_dump() for m in methods],
+                               "count": len(methods)}))
+        return
+    table = Table()
+    for col in ("id", "name", "family", "granularity", "dims", "refs"):
+        table.add_column(col)
+    for m in methods:
+        table.add_row(m.id, m.name, m.family, m.granularity, ",".join(m.dims),
+                      ",".join(str(r) for r in m.references))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,38 @@
+"""Settings from TASKALIGN_* environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path | None:
+    shared = Path("../shared/data")
+    return shared.resolve() if shared.is_dir() else None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="TASKALIGN_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path("var"), description="State directory: SQLite file, artifacts.")
+    data_dir: Path | None = Field(default_factory=_default_data_dir,
+                                  description="Datasets; default ../shared/data when present.")
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
+    rules_dir: Path | None = Field(None, description="Alternative knowledge directory.")
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest JSON body accepted.")
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_level: str = "info"
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'taskalign.db').resolve()}"
+
+
+@cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,47 @@
+"""Uniform 4xx bodies: every error says what was wrong and what is allowed."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from rules import ProfileConflict
+
+log = logging.getLogger("taskalign")
+
+
+def not_found(kind: str, key: str, known: list[str]) -> HTTPException:
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return HTTPException(status_code=404, detail=f"unknown {kind} '{key}'{hint}")
+
+
+def _clean(error: dict[str, Any]) -> dict[str, Any]:
+    out = {"loc": list(error.get("loc", ())), "msg": error.get("msg", ""),
+           "type": error.get("type", "")}
+    ctx = error.get("ctx") or {}
+    for key in ("allowed", "did_you_mean"):
+        if key in ctx:
+            out[key] = ctx[key]
+    if "input" in error and error.get("type") != "json_invalid":
+        value = error["input"]
+        if isinstance(value, str | int | float | bool) or value is None:
+            out["input"] = value
+    return out
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"detail": [_clean(e) for e in exc.errors()]})
+
+    @app.exception_handler(ProfileConflict)
+    async def _conflict(_: Request, exc: ProfileConflict) -> JSONResponse:
+        loc = ["body", *exc.field.split(".")]
+        return JSONResponse(status_code=422, content={
+            "detail": [{"loc": loc, "msg": exc.reason, "type": "contradiction"}]})

@@ -1,0 +1,50 @@
+"""Application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from rules import default_engine, engine_from
+
+from . import errors
+from .config import Settings, get_settings
+from .db import make_engine
+from .limits import BodySizeLimit
+from .routers import health, knowledge, methods, recommendations
+
+API_DESCRIPTION = """
+TaskAlign turns the 2026 review of task-aligned self-supervised learning in medical imaging
+into executable guidance: describe your task, modality, labels and data, and get ranked
+pretext methods with hyperparameters, augmentations, warnings and the evidence behind them.
+"""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    # Load the knowledge base now, so a bad rule file stops start-up with file and rule id.
+    rules_engine = engine_from(settings.rules_dir) if settings.rules_dir else default_engine()
+    db_engine = make_engine(settings)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        db_engine.dispose()
+
+    app = FastAPI(title="TaskAlign", version="0.1.0", description=API_DESCRIPTION,
+                  lifespan=lifespan)
+    app.state.settings = settings
+    app.state.rules_engine = rules_engine
+    app.state.db_engine = db_engine
+    errors.install(app)
+
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(recommendations.router)
+    v1.include_router(methods.router)
+    v1.include_router(knowledge.router)
+    app.include_router(health.router)
+    app.include_router(v1)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    return app
