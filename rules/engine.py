@@ -41,11 +41,19 @@ class _MethodState:
     lowered_by: list[tuple[str, str]] = field(default_factory=list)
 
 
+def short_authors(authors: str) -> str:
+    """'W. Bai, C. Chen, and G. Tarroni' -> 'Bai et al.'; keeps a single author whole."""
+    first = authors.split(",")[0].split(" and ")[0].strip()
+    surname = first.split()[-1] if first else authors
+    several = "," in authors or " and " in authors
+    return f"{surname} et al." if several else surname
+
+
 class Engine:
     def __init__(self, knowledge: Knowledge):
         self.kb = knowledge
         self._evidence = {
-            rid: Evidence(id=r.id, authors=r.authors, year=r.year, title=r.title)
+            rid: Evidence(id=r.id, authors=short_authors(r.authors), year=r.year)
             for rid, r in knowledge.references.items()
         }
         self._support = {

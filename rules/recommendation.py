@@ -10,10 +10,11 @@ from .profile import Assumption, ResolvedProfile
 
 
 class Evidence(BaseModel):
+    """A citation in short form; the full entry is at GET /v1/references/{id}."""
+
     id: int | str
     authors: str
     year: int
-    title: str
 
 
 class Alignment(BaseModel):

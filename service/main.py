@@ -13,6 +13,7 @@ from . import errors
 from .config import Settings, get_settings
 from .db import make_engine
 from .limits import BodySizeLimit
+from .response_cache import RawResponseCache
 from .routers import health, knowledge, methods, recommendations
 
 API_DESCRIPTION = """
@@ -46,5 +47,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(knowledge.router)
     app.include_router(health.router)
     app.include_router(v1)
+    # Added last = outermost: the size limit runs before anything reads the body.
+    app.add_middleware(RawResponseCache, paths={"/v1/recommendations"})
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     return app

@@ -1,0 +1,57 @@
+"""The real thing: `taskalign serve` under uvicorn, and the CLI, against the same engine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import httpx
+from sqlalchemy import create_engine
+
+from service.config import Settings
+from service.db import ping
+
+
+def test_live_server_answers(live_server: str) -> None:
+    assert httpx.get(f"{live_server}/healthz").json()["status"] == "ok"
+    r = httpx.post(f"{live_server}/v1/recommendations",
+                   json={"task": "classification", "modality": "wsi", "label_regime": "low"})
+    assert r.status_code == 200
+    assert r.json()["recommendations"][0]["family"] == "contrastive_global"
+
+
+def test_cli_json_equals_api_json(live_server: str) -> None:
+    args = ["--task", "segmentation", "--modality", "ct", "--labeled", "40",
+            "--unlabeled", "2000"]
+    out = subprocess.run([sys.executable, "-m", "service.cli", "recommend", *args, "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    api = httpx.post(f"{live_server}/v1/recommendations",
+                     json={"task": "segmentation", "modality": "ct", "labeled": 40,
+                           "unlabeled": 2000}).json()
+    assert json.loads(out) == api
+    assert "recommendations" in api
+
+
+def test_cli_table_and_errors() -> None:
+    ok = subprocess.run([sys.executable, "-m", "service.cli", "recommend", "--task",
+                         "classification", "--modality", "xray", "--label-regime", "low"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "MoCo v2" in ok.stdout and "rotation" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "service.cli", "recommend", "--task",
+                          "clasification", "--modality", "xray", "--label-regime", "low"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "did you mean 'classification'" in bad.stderr
+
+
+def test_database_reachable(database_url: str, tmp_path) -> None:  # noqa: ANN001
+    settings = Settings(home=tmp_path, database_url=database_url)
+    engine = create_engine(settings.resolved_database_url())
+    ping(engine)
+    engine.dispose()
+
+
+def test_default_database_is_sqlite_under_home(tmp_path) -> None:  # noqa: ANN001
+    settings = Settings(home=tmp_path / "state")
+    assert settings.resolved_database_url().startswith("sqlite:///")
+    assert str(tmp_path / "state") in settings.resolved_database_url()
