@@ -11,7 +11,7 @@ from rules import default_engine, engine_from
 
 from . import errors
 from .config import Settings, get_settings
-from .db import make_engine
+from .db import make_engine, ping
 from .limits import BodySizeLimit
 from .response_cache import RawResponseCache
 from .routers import health, knowledge, methods, recommendations
@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        ping(db_engine)  # creates the SQLite file, or fails start-up if the database is down
         yield
         db_engine.dispose()
 

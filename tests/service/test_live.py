@@ -55,3 +55,30 @@ def test_default_database_is_sqlite_under_home(tmp_path) -> None:  # noqa: ANN00
     settings = Settings(home=tmp_path / "state")
     assert settings.resolved_database_url().startswith("sqlite:///")
     assert str(tmp_path / "state") in settings.resolved_database_url()
+
+
+def test_bad_rule_file_stops_startup(tmp_path) -> None:  # noqa: ANN001
+    import os
+    import shutil
+
+    import yaml
+
+    from rules.vocabulary import PACKAGE_DIR
+
+    root = tmp_path / "rules"
+    shutil.copytree(PACKAGE_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
+    path = root / "tables" / "transfer.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["rules"][1]["when"]["op"] = "equals"
+    path.write_text(yaml.safe_dump(doc))
+    env = {**os.environ, "TASKALIGN_RULES_DIR": str(root), "TASKALIGN_HOME": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port", "1"],
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "tables/transfer.yaml: tr.orientation.no_rotation_invariance" in proc.stderr
+    assert "unknown op 'equals'" in proc.stderr
+
+
+def test_startup_creates_sqlite_under_home(live_server: str, tmp_path_factory) -> None:  # noqa: ANN001
+    homes = list(tmp_path_factory.getbasetemp().glob("live*"))
+    assert any((h / "taskalign.db").exists() for h in homes)
