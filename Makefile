@@ -5,12 +5,15 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PIP := $(PY) -m pip --disable-pip-version-check -q
+# Installed before the project so that dependency resolution never picks a CUDA build.
+TORCH_VERSION ?= 2.13.0
 
 .PHONY: run test lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
+	$(PIP) install torch==$(TORCH_VERSION)
 	$(PIP) install -e '.[dev]'
 	touch $(STAMP)
 

@@ -83,6 +83,12 @@ def recommend(
     try:
         profile = TaskProfile.model_validate({k: v for k, v in raw.items() if v is not None})
         rec = default_engine().recommend(profile)
+        if as_json:
+            from .routers.recommendations import recommendation_json
+
+            body = recommendation_json(default_engine(), profile, _local_encoders())
+            typer.echo(body.decode())
+            return
     except ValidationError as err:
         for e in err.errors():
             field = ".".join(str(p) for p in e["loc"])
@@ -91,10 +97,35 @@ def recommend(
     except ProfileConflict as err:
         err_console.print(f"[red]error[/red] {err.field}: {err.reason}")
         raise typer.Exit(2) from None
-    if as_json:
-        typer.echo(rec.model_dump_json())
-        return
     _print_recommendation(rec)
+
+
+def _local_encoders() -> list:
+    """Encoders of the local zoo (TASKALIGN_HOME), without migrating or creating anything."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from zoo.matching import EncoderFacts
+    from zoo.registry import Registry
+    from zoo.storage import BlobStore
+
+    from .config import get_settings
+    from .db import make_engine, session_factory
+
+    settings = get_settings()
+    url = settings.resolved_database_url()
+    if url.startswith("sqlite") and not (settings.home / "taskalign.db").exists():
+        return []
+    engine = make_engine(settings)
+    try:
+        rows, _ = Registry(session_factory(engine), BlobStore(settings.artifacts_dir)).list(
+            limit=100_000)
+    except SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
+    return [EncoderFacts(name=r.name, revision=r.latest_revision, method_id=r.method_id,
+                         family=r.family, modality=r.modality, spatial_dims=r.spatial_dims,
+                         in_channels=r.in_channels, feature_dim=r.feature_dim) for r in rows]
 
 
 def _print_recommendation(rec: Recommendation) -> None:

@@ -23,9 +23,19 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
     rules_dir: Path | None = Field(None, description="Alternative knowledge directory.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest JSON body accepted.")
+    max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024,
+                                  description="Largest encoder or dataset upload.")
+    max_embed_bytes: int = Field(32 * 1024 * 1024, ge=1024,
+                                 description="Largest image batch for /embed.")
+    api_tokens: str = Field("", description="user=token pairs, comma-separated.")
+    admin_tokens: str = Field("", description="Tokens that may see and act on everything.")
     host: str = "127.0.0.1"
     port: int = 8000
     log_level: str = "info"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from rules import Engine
 
 from .config import Settings
+from .zoo_state import ZooState
 
 
 def get_engine(request: Request) -> Engine:
@@ -19,5 +20,10 @@ def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_zoo(request: Request) -> ZooState:
+    return request.app.state.zoo
+
+
 EngineDep = Annotated[Engine, Depends(get_engine)]
+ZooDep = Annotated[ZooState, Depends(get_zoo)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -16,21 +16,34 @@ class BodyTooLarge(Exception):
 
 
 class BodySizeLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    """`max_bytes` for every route, except POST paths matched by a prefix in `overrides`
+    (uploads), which get their own limit."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int,
+                 overrides: list[tuple[str, str, int]] | None = None):
+        self.app, self.default = app, max_bytes
+        self.overrides = overrides or []
+
+    def limit_for(self, method: str, path: str) -> int:
+        for m, prefix_suffix, limit in self.overrides:
+            prefix, _, suffix = prefix_suffix.partition("*")
+            if method == m and path.startswith(prefix) and path.endswith(suffix):
+                return limit
+        return self.default
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(scope["method"], scope["path"])
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = -1
-                if declared > self.max_bytes or declared < 0:
-                    await self._reject(send)
+                if declared > max_bytes or declared < 0:
+                    await self._reject(send, max_bytes)
                     return
         seen = 0
         started = False
@@ -40,7 +53,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
+                if seen > max_bytes:
                     raise BodyTooLarge
             return message
 
@@ -54,12 +67,12 @@ class BodySizeLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, max_bytes)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, send: Send, max_bytes: int) -> None:
         body = json.dumps({
-            "detail": f"request body exceeds the limit of {self.max_bytes} bytes",
-            "limit_bytes": self.max_bytes,
+            "detail": f"request body exceeds the limit of {max_bytes} bytes",
+            "limit_bytes": max_bytes,
         }).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),

@@ -8,13 +8,17 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, FastAPI
 
 from rules import default_engine, engine_from
+from zoo.storage import BlobStore
 
 from . import errors
+from .auth import load_tokens
 from .config import Settings, get_settings
-from .db import make_engine, ping
+from .db import make_engine, ping, session_factory
 from .limits import BodySizeLimit
+from .migrate import upgrade
 from .response_cache import RawResponseCache
-from .routers import health, knowledge, methods, recommendations
+from .routers import encoders, health, hf, knowledge, methods, recommendations
+from .zoo_state import ZooState
 
 API_DESCRIPTION = """
 TaskAlign turns the 2026 review of task-aligned self-supervised learning in medical imaging
@@ -28,6 +32,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Load the knowledge base now, so a bad rule file stops start-up with file and rule id.
     rules_engine = engine_from(settings.rules_dir) if settings.rules_dir else default_engine()
     db_engine = make_engine(settings)
+    upgrade(db_engine)  # Alembic: bring the schema to head before serving
+    zoo = ZooState(session_factory(db_engine), BlobStore(settings.artifacts_dir))
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -40,15 +46,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.rules_engine = rules_engine
     app.state.db_engine = db_engine
+    app.state.zoo = zoo
+    app.state.tokens = load_tokens(settings)
     errors.install(app)
 
     v1 = APIRouter(prefix="/v1")
     v1.include_router(recommendations.router)
     v1.include_router(methods.router)
     v1.include_router(knowledge.router)
+    v1.include_router(encoders.router)
     app.include_router(health.router)
     app.include_router(v1)
+    app.include_router(hf.router)
     # Added last = outermost: the size limit runs before anything reads the body.
-    app.add_middleware(RawResponseCache, paths={"/v1/recommendations"})
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RawResponseCache, paths={"/v1/recommendations"},
+                       generation=zoo.generation)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
+        ("POST", "/v1/encoders", settings.max_upload_bytes),
+        ("POST", "/v1/encoders/*/embed", settings.max_embed_bytes),
+    ])
     return app

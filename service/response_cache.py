@@ -3,21 +3,25 @@
 The rules engine gives the same output for the same input, so a byte-identical request
 to /v1/recommendations can be answered from memory without parsing or validating it
 again. Only 200 answers are stored, keyed by path, content type and the exact body.
-Changing the knowledge base changes the app (new process), which empties the cache.
+Changing the knowledge base changes the app (new process), which empties the cache; a
+new zoo revision changes `generation()`, which is part of the key.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
 class RawResponseCache:
     def __init__(self, app: ASGIApp, paths: set[str], size: int = 4096,
-                 max_body: int = 16 * 1024):
+                 max_body: int = 16 * 1024, generation: Callable[[], Any] = lambda: 0):
         self.app, self.paths, self.size, self.max_body = app, paths, size, max_body
-        self._items: OrderedDict[tuple[str, bytes, bytes], tuple[bytes, bytes]] = OrderedDict()
+        self.generation = generation
+        self._items: OrderedDict[tuple[Any, ...], tuple[bytes, bytes]] = OrderedDict()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in self.paths:
@@ -32,7 +36,7 @@ class RawResponseCache:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         ctype = next((v for k, v in scope["headers"] if k == b"content-type"), b"")
-        key = (scope["path"], ctype, body)
+        key = (self.generation(), scope["path"], ctype, body)
         hit = self._items.get(key)
         if hit is not None:
             self._items.move_to_end(key)

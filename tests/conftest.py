@@ -65,9 +65,14 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def live_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("live")
+
+
+@pytest.fixture(scope="session")
+def live_server(live_home: Path) -> Iterator[str]:
     """`taskalign serve` in a child process, as `make run` starts it."""
-    home = tmp_path_factory.mktemp("live")
+    home = live_home
     port = free_port()
     env = {**os.environ, "TASKALIGN_HOME": str(home), "TASKALIGN_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(

@@ -21,11 +21,14 @@ def test_live_server_answers(live_server: str) -> None:
     assert r.json()["recommendations"][0]["family"] == "contrastive_global"
 
 
-def test_cli_json_equals_api_json(live_server: str) -> None:
+def test_cli_json_equals_api_json(live_server: str, live_home) -> None:  # noqa: ANN001
+    import os
+
     args = ["--task", "segmentation", "--modality", "ct", "--labeled", "40",
             "--unlabeled", "2000"]
     out = subprocess.run([sys.executable, "-m", "service.cli", "recommend", *args, "--json"],
-                         capture_output=True, text=True, check=True).stdout
+                         capture_output=True, text=True, check=True,
+                         env={**os.environ, "TASKALIGN_HOME": str(live_home)}).stdout
     api = httpx.post(f"{live_server}/v1/recommendations",
                      json={"task": "segmentation", "modality": "ct", "labeled": 40,
                            "unlabeled": 2000}).json()
@@ -79,6 +82,5 @@ def test_bad_rule_file_stops_startup(tmp_path) -> None:  # noqa: ANN001
     assert "unknown op 'equals'" in proc.stderr
 
 
-def test_startup_creates_sqlite_under_home(live_server: str, tmp_path_factory) -> None:  # noqa: ANN001
-    homes = list(tmp_path_factory.getbasetemp().glob("live*"))
-    assert any((h / "taskalign.db").exists() for h in homes)
+def test_startup_creates_sqlite_under_home(live_server: str, live_home) -> None:  # noqa: ANN001
+    assert (live_home / "taskalign.db").exists()

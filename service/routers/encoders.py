@@ -1,0 +1,171 @@
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
+
+from zoo.cards import StoredCard, is_pickle_name
+from zoo.catalog import EncoderRow
+from zoo.embed import ImageError, decode, embed
+from zoo.registry import ONNX, RegistrationError, prepare
+
+from ..auth import UserDep
+from ..deps import EngineDep, ZooDep
+from ..errors import not_found
+from ..files import blob_response
+from ..pagination import Limit, Offset, Page
+
+router = APIRouter(prefix="/encoders", tags=["encoders"])
+
+MAX_IMAGES = 1024
+
+
+class EncoderSummary(BaseModel):
+    name: str
+    architecture: str
+    modality: str
+    method_id: str
+    family: str | None
+    spatial_dims: int
+    in_channels: int
+    feature_dim: int
+    latest_revision: int
+    description: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def summary(row: EncoderRow) -> EncoderSummary:
+    return EncoderSummary.model_validate(row, from_attributes=True)
+
+
+@router.get("", response_model=Page[EncoderSummary])
+def list_encoders(
+    zoo: ZooDep,
+    modality: str | None = None,
+    method: str | None = Query(None, description="Pretext method id, e.g. simclr."),
+    family: str | None = None,
+    dims: int | None = Query(None, ge=2, le=3, description="Spatial dims: 2 or 3."),
+    q: str | None = Query(None, description="Text search in name and description."),
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> dict[str, Any]:
+    """Encoders in the zoo, filtered and paginated."""
+    rows, count = zoo.registry.list(modality=modality, method=method, family=family, dims=dims,
+                                    q=q, limit=limit, offset=offset)
+    return {"data": [summary(r) for r in rows], "count": count}
+
+
+@router.get("/{name}")
+def get_encoder(name: str, zoo: ZooDep) -> dict[str, Any]:
+    """An encoder's latest card, and every revision with its files."""
+    row = zoo.registry.get(name)
+    if row is None:
+        raise not_found("encoder", name, zoo.registry.names())
+    revisions = [{"revision": r.number, "commit": r.commit, "created_at": r.created_at,
+                  "files": {f.filename: {"sha256": f.sha256, "size": f.size} for f in r.files}}
+                 for r in row.revisions]
+    return {**summary(row).model_dump(), "card": row.revisions[-1].card, "revisions": revisions}
+
+
+def resolve_file(zoo: ZooDep, name: str, revision: str | None, filename: str):  # noqa: ANN201
+    rev = zoo.registry.revision(name, revision)
+    if rev is None:
+        if zoo.registry.get(name) is None:
+            raise not_found("encoder", name, zoo.registry.names())
+        raise HTTPException(404, f"encoder '{name}' has no revision '{revision}'")
+    entry = next((f for f in rev.files if f.filename == filename), None)
+    if entry is None:
+        raise not_found("file", filename, [f.filename for f in rev.files])
+    return rev, entry
+
+
+@router.api_route("/{name}/files/{filename}", methods=["GET", "HEAD"])
+def download_file(name: str, filename: str, request: Request, zoo: ZooDep,
+                  revision: str | None = Query(None, description="Number or commit; "
+                                               "default the latest.")) -> Response:
+    """A file of a revision, with ETag (sha256), If-None-Match and Range support."""
+    rev, entry = resolve_file(zoo, name, revision, filename)
+    return blob_response(request, zoo.store.path(entry.sha256), entry.sha256, filename,
+                         {"x-taskalign-revision": str(rev.number), "x-repo-commit": rev.commit})
+
+
+@router.post("", status_code=201, response_model=StoredCard,
+             responses={409: {"description": "Identical to the latest revision"},
+                        413: {"description": "Upload too large"},
+                        422: {"description": "Invalid card or weights"}})
+async def upload_encoder(
+    user: UserDep,
+    zoo: ZooDep,
+    engine: EngineDep,
+    config: Annotated[UploadFile, File(description="config.json: the encoder card.")],
+    weights: Annotated[UploadFile, File(description="model.safetensors")],
+) -> StoredCard:
+    """Register new weights: checked against the architecture, exported to ONNX, verified."""
+    if weights.filename and is_pickle_name(weights.filename):
+        raise HTTPException(422, detail=[{
+            "loc": ["body", "weights"], "type": "pickle_refused",
+            "msg": f"'{weights.filename}' looks like a pickle checkpoint; these are refused. "
+                   "Save the state dict with safetensors.torch.save_file and upload "
+                   "model.safetensors"}])
+    try:
+        card_data = json.loads(await config.read())
+    except ValueError:
+        raise HTTPException(422, detail=[{"loc": ["body", "config"], "type": "json_invalid",
+                                          "msg": "config is not valid JSON"}]) from None
+    if not isinstance(card_data, dict):
+        raise HTTPException(422, detail=[{"loc": ["body", "config"], "type": "object_type",
+                                          "msg": "config must be a JSON object"}])
+    method_id = (card_data.get("pretext") or {}).get("method_id")
+    method = engine.kb.methods.get(method_id) if isinstance(method_id, str) else None
+    if method is None:
+        raise HTTPException(422, detail=[{
+            "loc": ["body", "config", "pretext", "method_id"], "type": "unknown_method",
+            "msg": f"unknown pretext method {method_id!r}; see GET /v1/methods"}])
+    data = await weights.read()
+    try:
+        prepared = await run_in_threadpool(prepare, card_data, data)
+        stored = await run_in_threadpool(zoo.registry.register, prepared, method.family)
+    except RegistrationError as err:
+        raise HTTPException(err.status, detail=[{"loc": ["body", *err.field.split(".")],
+                                                 "type": "registration", "msg": str(err)}]
+                            ) from None
+    zoo.invalidate()
+    return stored
+
+
+@router.post("/{name}/embed")
+async def embed_images(
+    name: str,
+    zoo: ZooDep,
+    images: Annotated[list[UploadFile], File(description="PNG or NPY images, one per part.")],
+    revision: Annotated[str | None, Form()] = None,
+) -> dict[str, Any]:
+    """Feature vectors for a batch of images, computed with onnxruntime."""
+    if len(images) > MAX_IMAGES:
+        raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
+    rev, entry = resolve_file(zoo, name, revision, ONNX)
+    card = StoredCard.model_validate(rev.card)
+    arrays, names, problems = [], [], []
+    for i, upload in enumerate(images):
+        label = upload.filename or f"image[{i}]"
+        try:
+            arrays.append(decode(label, await upload.read(), card))
+            names.append(label)
+        except ImageError as err:
+            problems.append({"loc": ["body", "images", i], "image": err.image,
+                             "msg": err.problem, "type": "bad_image"})
+    if problems:
+        raise HTTPException(422, detail=problems)
+    import numpy as np
+
+    session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
+    features = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
+    return {"name": name, "revision": rev.number, "feature_dim": int(features.shape[1]),
+            "data": [{"image": n, "features": f.tolist()} for n, f in zip(names, features,
+                                                                           strict=True)],
+            "count": len(names)}

@@ -1,0 +1,124 @@
+"""The encoder card: everything a user needs to trust and use a set of weights.
+
+Modelled on timm's pretrained configs (facts about weights) and MONAI bundle metadata
+(inputs described in medical terms). Stored as config.json beside the weights.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]\.[a-z0-9][a-z0-9-]*[a-z0-9]$"
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
+
+
+class Architecture(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="Key in zoo.architectures.ARCHITECTURES, e.g. resnet18.")
+    args: dict[str, Any] = Field(default_factory=dict, description="Builder arguments.")
+
+
+class Normalization(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mean: list[float] = Field(default_factory=lambda: [0.5])
+    std: list[float] = Field(default_factory=lambda: [0.5])
+    scale: Literal["unit", "hounsfield"] = Field(
+        "unit", description="unit: pixels divided by 255 (or max) before mean/std.")
+    window: tuple[float, float] | None = Field(None, description="Intensity window, e.g. CT HU.")
+
+
+class Pretext(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    method_id: str = Field(description="Method id from the rules catalog (GET /v1/methods).")
+    family: str | None = None
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PretrainingData(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    licence: str
+    split: str = "train"
+    images: int | None = None
+    citation: str | None = None
+
+
+class Evaluation(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: str
+    protocol: Literal["linear_probe", "knn", "fine_tune", "random_init_fine_tune",
+                      "random_init_linear_probe", "supervised_scratch"]
+    label_fraction: float = Field(ge=0, le=1)
+    metric: str
+    value: float
+    spread: float | None = None
+    seeds: list[int] = Field(default_factory=list)
+    split: str = "test"
+    notes: str | None = None
+
+
+class FileEntry(BaseModel):
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
+class EncoderCard(BaseModel):
+    """What an uploader declares. The server adds files, revision and created_at."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME_PATTERN, max_length=96,
+                      description="arch.tag, e.g. resnet18-2d.simclr-pneumoniamnist")
+    architecture: Architecture
+    spatial_dims: Literal[2, 3]
+    in_channels: int = Field(ge=1, le=16)
+    input_size: list[int] = Field(min_length=2, max_length=3)
+    normalization: Normalization = Field(default_factory=Normalization)
+    modality: str
+    pretext: Pretext
+    pretraining_data: PretrainingData
+    weights_licence: str = "CC-BY-4.0"
+    evaluation: list[Evaluation] = Field(default_factory=list)
+    parent: str | None = Field(None, description="Encoder this one was trained from.")
+    lineage: dict[str, Any] = Field(default_factory=dict,
+                                    description="e.g. dataset and job that produced it.")
+    description: str = ""
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(s < 4 or s > 1024 for s in v):
+            raise ValueError("input_size entries must be between 4 and 1024")
+        return v
+
+
+class StoredCard(EncoderCard):
+    """The card as served: declared facts plus what the server measured and stored."""
+
+    revision: int
+    commit: str
+    created_at: datetime
+    feature_dim: int
+    onnx_parity_max_abs_diff: float
+    files: dict[str, FileEntry]
+
+
+def now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def is_pickle_name(filename: str) -> bool:
+    return filename.lower().endswith(PICKLE_SUFFIXES)
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower()).strip("-")

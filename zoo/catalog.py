@@ -1,0 +1,65 @@
+"""SQL tables of the zoo. Revisions are immutable: new weights add a row, never update one."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class EncoderRow(Base):
+    __tablename__ = "encoders"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(96), unique=True, index=True)
+    architecture: Mapped[str] = mapped_column(String(64))
+    modality: Mapped[str] = mapped_column(String(64), index=True)
+    method_id: Mapped[str] = mapped_column(String(64), index=True)
+    family: Mapped[str | None] = mapped_column(String(64), index=True)
+    spatial_dims: Mapped[int] = mapped_column(Integer)
+    in_channels: Mapped[int] = mapped_column(Integer)
+    feature_dim: Mapped[int] = mapped_column(Integer)
+    latest_revision: Mapped[int] = mapped_column(Integer)
+    description: Mapped[str] = mapped_column(String(2000), default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    revisions: Mapped[list[RevisionRow]] = relationship(
+        back_populates="encoder", order_by="RevisionRow.number")
+
+
+class RevisionRow(Base):
+    __tablename__ = "encoder_revisions"
+    __table_args__ = (UniqueConstraint("encoder_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encoder_id: Mapped[int] = mapped_column(ForeignKey("encoders.id", ondelete="CASCADE"),
+                                            index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    commit: Mapped[str] = mapped_column(String(40), unique=True, index=True)
+    card: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    encoder: Mapped[EncoderRow] = relationship(back_populates="revisions")
+    files: Mapped[list[FileRow]] = relationship(back_populates="revision",
+                                                order_by="FileRow.filename")
+
+
+class FileRow(Base):
+    __tablename__ = "encoder_files"
+    __table_args__ = (UniqueConstraint("revision_id", "filename"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    revision_id: Mapped[int] = mapped_column(
+        ForeignKey("encoder_revisions.id", ondelete="CASCADE"), index=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+
+    revision: Mapped[RevisionRow] = relationship(back_populates="files")

@@ -1,0 +1,281 @@
+"""Register, list and fetch encoders.
+
+Registration checks everything before anything becomes visible: the card validates, the
+weights are safetensors (never pickle) and load strictly into the declared architecture,
+ONNX export matches PyTorch on a probe input. Files go to the content-addressed store;
+the revision becomes visible in one database transaction; if that fails, blobs written
+by this call are removed again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from .cards import EncoderCard, FileEntry, StoredCard, now
+from .catalog import EncoderRow, FileRow, RevisionRow
+from .storage import BlobStore
+
+WEIGHTS = "model.safetensors"
+ONNX = "model.onnx"
+CONFIG = "config.json"
+README = "README.md"
+FILES = (CONFIG, README, WEIGHTS, ONNX)
+
+
+class RegistrationError(ValueError):
+    """The upload is refused; `field` says which part, the message says why."""
+
+    def __init__(self, field: str, message: str, status: int = 422):
+        self.field, self.status = field, status
+        super().__init__(message)
+
+
+def _detail(err: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
+
+
+def check_safetensors(data: bytes) -> None:
+    """Refuse pickles and anything that is not a safetensors file, by content."""
+    if data[:2] == b"PK" or data[:1] == b"\x80":
+        raise RegistrationError("weights", "pickle-based checkpoints (torch.save, .pt/.pth/.bin) "
+                                "are refused; save with safetensors.torch.save_file")
+    if len(data) < 8:
+        raise RegistrationError("weights", "not a safetensors file (too short)")
+    header_len = int.from_bytes(data[:8], "little")
+    if header_len <= 0 or header_len > min(len(data) - 8, 100_000_000):
+        raise RegistrationError("weights", "not a safetensors file (bad header length)")
+    try:
+        json.loads(data[8:8 + header_len])
+    except ValueError:
+        raise RegistrationError("weights", "not a safetensors file (header is not JSON)") from None
+
+
+@dataclass
+class Prepared:
+    card: EncoderCard
+    weights: bytes
+    onnx: bytes
+    feature_dim: int
+    parity: float
+
+
+def prepare(card_data: dict[str, Any], weights: bytes) -> Prepared:
+    """Validate and convert an upload; nothing is stored yet."""
+    import torch
+    from safetensors.torch import load as load_safetensors
+
+    from .architectures import ArchitectureError, build_encoder
+    from .export import PARITY_TOLERANCE, ExportError, export_onnx, parity, probe_input
+
+    try:
+        card = EncoderCard.model_validate(card_data)
+    except ValidationError as err:
+        raise RegistrationError("config", _detail(err)) from None
+    check_safetensors(weights)
+    try:
+        model = build_encoder(card.architecture.name, card.spatial_dims, card.in_channels,
+                              card.input_size, card.architecture.args)
+    except ArchitectureError as err:
+        raise RegistrationError("config.architecture", str(err)) from None
+    try:
+        state = load_safetensors(weights)
+    except Exception as err:  # safetensors raises its own error types
+        raise RegistrationError("weights", f"unreadable safetensors: {err}") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(state)
+                   if tuple(expected[k].shape) != tuple(state[k].shape))
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+        if wrong:
+            k = wrong[0]
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: weights "
+                         f"{tuple(state[k].shape)}, {card.architecture.name} expects "
+                         f"{tuple(expected[k].shape)})")
+        raise RegistrationError("weights", "weights do not fit the declared architecture: "
+                                + "; ".join(parts))
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    model = model.float().eval()
+    with torch.inference_mode():
+        feature_dim = int(model(probe_input(card.in_channels, card.input_size, batch=1)).shape[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = Path(tmp) / ONNX
+        try:
+            export_onnx(model, probe_input(card.in_channels, card.input_size), onnx_path)
+            diff = parity(model, onnx_path, probe_input(card.in_channels, card.input_size,
+                                                        batch=3, seed=1))
+        except ExportError as err:
+            raise RegistrationError("weights", f"ONNX export failed: {err}") from None
+        if not diff < PARITY_TOLERANCE:
+            raise RegistrationError("weights", f"ONNX output differs from PyTorch by {diff:.2e} "
+                                    f"(tolerance {PARITY_TOLERANCE:g})")
+        onnx_bytes = onnx_path.read_bytes()
+    return Prepared(card=card, weights=weights, onnx=onnx_bytes, feature_dim=feature_dim,
+                    parity=diff)
+
+
+def commit_id(name: str, number: int, shas: dict[str, str]) -> str:
+    """A 40-hex id per revision, as Hugging Face clients expect of a commit."""
+    text = name + "\n" + str(number) + "\n" + "\n".join(f"{k}={v}" for k, v in sorted(shas.items()))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+class Registry:
+    def __init__(self, sessions: sessionmaker[Session], store: BlobStore):
+        self.sessions, self.store = sessions, store
+
+    def register(self, prepared: Prepared, family: str | None = None) -> StoredCard:
+        """Store files and add a revision; identical weights to the latest are a conflict."""
+        from .modelcard import render
+
+        card = prepared.card
+        written: list[str] = []
+        try:
+            w_sha, w_size, new = self.store.put_bytes(prepared.weights)
+            if new:
+                written.append(w_sha)
+            o_sha, o_size, new = self.store.put_bytes(prepared.onnx)
+            if new:
+                written.append(o_sha)
+            with self.sessions.begin() as session:
+                row = session.scalars(select(EncoderRow).where(EncoderRow.name == card.name)
+                                      .with_for_update()).first()
+                number = 1
+                if row is not None:
+                    latest = session.scalars(
+                        select(FileRow).join(RevisionRow)
+                        .where(RevisionRow.encoder_id == row.id,
+                               RevisionRow.number == row.latest_revision,
+                               FileRow.filename == WEIGHTS)).first()
+                    if latest is not None and latest.sha256 == w_sha:
+                        raise RegistrationError(
+                            "weights", f"identical to revision {row.latest_revision} of "
+                            f"{card.name}; revisions are immutable, nothing to add", status=409)
+                    number = row.latest_revision + 1
+                files = {WEIGHTS: FileEntry(sha256=w_sha, size=w_size),
+                         ONNX: FileEntry(sha256=o_sha, size=o_size)}
+                created = now()
+                pretext = card.pretext.model_copy(
+                    update={"family": card.pretext.family or family})
+                stored = StoredCard(**card.model_dump(exclude={"pretext"}), pretext=pretext,
+                                    revision=number, commit="0" * 40, created_at=created,
+                                    feature_dim=prepared.feature_dim,
+                                    onnx_parity_max_abs_diff=prepared.parity, files=files)
+                # The commit id hashes config.json itself, so config.json cannot carry it.
+                config_bytes = stored.model_dump_json(
+                    indent=2, exclude={"commit": True, "files": {CONFIG, README}}).encode()
+                c_sha, c_size, new = self.store.put_bytes(config_bytes)
+                if new:
+                    written.append(c_sha)
+                files[CONFIG] = FileEntry(sha256=c_sha, size=c_size)
+                stored.commit = commit_id(card.name, number,
+                                          {k: v.sha256 for k, v in files.items()})
+                r_sha, r_size, new = self.store.put_bytes(render(stored).encode())
+                if new:
+                    written.append(r_sha)
+                files[README] = FileEntry(sha256=r_sha, size=r_size)
+                stored.files = files
+                if row is None:
+                    row = EncoderRow(name=card.name, created_at=created, description="",
+                                     architecture="", modality="", method_id="",
+                                     spatial_dims=0, in_channels=0, feature_dim=0,
+                                     latest_revision=0, updated_at=created)
+                    session.add(row)
+                row.architecture = card.architecture.name
+                row.modality = card.modality
+                row.method_id = card.pretext.method_id
+                row.family = stored.pretext.family
+                row.spatial_dims = card.spatial_dims
+                row.in_channels = card.in_channels
+                row.feature_dim = prepared.feature_dim
+                row.latest_revision = number
+                row.description = card.description[:2000]
+                row.updated_at = created
+                session.flush()
+                rev = RevisionRow(encoder_id=row.id, number=number, commit=stored.commit,
+                                  card=json.loads(stored.model_dump_json()), created_at=created)
+                session.add(rev)
+                session.flush()
+                for filename, entry in files.items():
+                    session.add(FileRow(revision_id=rev.id, filename=filename,
+                                        sha256=entry.sha256, size=entry.size))
+            return stored
+        except BaseException:
+            for sha in written:
+                if not self._referenced(sha):
+                    self.store.delete(sha)
+            raise
+
+    def _referenced(self, sha: str) -> bool:
+        with self.sessions() as session:
+            return session.scalar(select(func.count()).select_from(FileRow)
+                                  .where(FileRow.sha256 == sha)) > 0
+
+    def list(self, *, modality: str | None = None, method: str | None = None,
+             family: str | None = None, dims: int | None = None, q: str | None = None,
+             limit: int = 100, offset: int = 0) -> tuple[list[EncoderRow], int]:
+        query = select(EncoderRow)
+        if modality:
+            query = query.where(EncoderRow.modality == modality)
+        if method:
+            query = query.where(EncoderRow.method_id == method)
+        if family:
+            query = query.where(EncoderRow.family == family)
+        if dims:
+            query = query.where(EncoderRow.spatial_dims == dims)
+        if q:
+            like = f"%{q.lower()}%"
+            query = query.where(or_(func.lower(EncoderRow.name).like(like),
+                                    func.lower(EncoderRow.description).like(like)))
+        with self.sessions() as session:
+            count = session.scalar(select(func.count()).select_from(query.subquery()))
+            rows = session.scalars(query.order_by(EncoderRow.name).limit(limit)
+                                   .offset(offset)).all()
+        return list(rows), int(count or 0)
+
+    def get(self, name: str) -> EncoderRow | None:
+        with self.sessions() as session:
+            return session.scalars(
+                select(EncoderRow).where(EncoderRow.name == name)
+                .options(selectinload(EncoderRow.revisions).selectinload(RevisionRow.files))
+            ).first()
+
+    def revision(self, name: str, revision: str | int | None) -> RevisionRow | None:
+        """Resolve a revision given as None/'main' (latest), a number, or a commit id."""
+        with self.sessions() as session:
+            query = (select(RevisionRow).join(EncoderRow).where(EncoderRow.name == name)
+                     .options(selectinload(RevisionRow.files),
+                              selectinload(RevisionRow.encoder)))
+            rev = str(revision) if revision is not None else "main"
+            if rev == "main":
+                query = query.order_by(RevisionRow.number.desc())
+            elif rev.isdigit():
+                query = query.where(RevisionRow.number == int(rev))
+            else:
+                query = query.where(RevisionRow.commit == rev)
+            return session.scalars(query.limit(1)).first()
+
+    def names(self) -> list[str]:
+        with self.sessions() as session:
+            return list(session.scalars(select(EncoderRow.name)).all())
+
+    def generation(self) -> tuple[int, int]:
+        """Changes whenever a revision is added, by any process."""
+        with self.sessions() as session:
+            count, top = session.execute(
+                select(func.count(RevisionRow.id), func.max(RevisionRow.id))).one()
+        return int(count or 0), int(top or 0)
