@@ -14,6 +14,15 @@ from rules import ProfileConflict, Recommendation, TaskProfile, default_engine
 
 app = typer.Typer(help="TaskAlign: task-aligned self-supervised learning for medical imaging.",
                   no_args_is_help=True, add_completion=False)
+
+
+def _register_subcommands() -> None:
+    from .cli_zoo import app as zoo_app
+
+    app.add_typer(zoo_app, name="zoo")
+
+
+_register_subcommands()
 console = Console()
 err_console = Console(stderr=True)
 

@@ -55,13 +55,18 @@ async def client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A real, empty database of each kind; PostgreSQL gets a fresh database per test."""
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'db.sqlite'}"
+        yield f"sqlite:///{tmp_path / 'db.sqlite'}"
+        return
     reason = postgres_available()
     if reason:
         pytest.skip(reason)
-    return POSTGRES_URL
+    from tests.utils import fresh_postgres_database
+
+    with fresh_postgres_database(POSTGRES_URL) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -69,30 +74,41 @@ def live_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("live")
 
 
+class Server:
+    """`taskalign serve` in a child process on a free port, as `make run` starts it."""
+
+    def __init__(self, home: Path, **env: str):
+        self.home, self.port = home, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "TASKALIGN_HOME": str(home),
+                    "TASKALIGN_LOG_LEVEL": "warning", **env}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
+            env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                out = self.proc.stdout.read().decode() if self.proc.stdout else ""
+                raise RuntimeError(f"server exited early:\n{out}")
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("server did not become healthy in 60 s")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
 @pytest.fixture(scope="session")
 def live_server(live_home: Path) -> Iterator[str]:
-    """`taskalign serve` in a child process, as `make run` starts it."""
-    home = live_home
-    port = free_port()
-    env = {**os.environ, "TASKALIGN_HOME": str(home), "TASKALIGN_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"server exited early:\n{out}")
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        raise RuntimeError("server did not become healthy in 30 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+    server = Server(live_home)
+    yield server.url
+    server.stop()

@@ -68,8 +68,11 @@ class Prepared:
     parity: float
 
 
-def prepare(card_data: dict[str, Any], weights: bytes) -> Prepared:
-    """Validate and convert an upload; nothing is stored yet."""
+def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None) -> Prepared:
+    """Validate and convert an upload; nothing is stored yet.
+
+    With `onnx` given (a mirrored encoder), that file is verified instead of re-exported.
+    """
     import torch
     from safetensors.torch import load as load_safetensors
 
@@ -115,11 +118,16 @@ def prepare(card_data: dict[str, Any], weights: bytes) -> Prepared:
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / ONNX
         try:
-            export_onnx(model, probe_input(card.in_channels, card.input_size), onnx_path)
+            if onnx is None:
+                export_onnx(model, probe_input(card.in_channels, card.input_size), onnx_path)
+            else:
+                onnx_path.write_bytes(onnx)
             diff = parity(model, onnx_path, probe_input(card.in_channels, card.input_size,
                                                         batch=3, seed=1))
         except ExportError as err:
             raise RegistrationError("weights", f"ONNX export failed: {err}") from None
+        except Exception as err:  # onnxruntime cannot load or run a provided file
+            raise RegistrationError("onnx", f"ONNX file unusable: {err}") from None
         if not diff < PARITY_TOLERANCE:
             raise RegistrationError("weights", f"ONNX output differs from PyTorch by {diff:.2e} "
                                     f"(tolerance {PARITY_TOLERANCE:g})")
@@ -216,14 +224,19 @@ class Registry:
             return stored
         except BaseException:
             for sha in written:
+                # Only blobs this call created are candidates; keep one if a committed
+                # revision of another upload (identical bytes, concurrently) now uses it.
                 if not self._referenced(sha):
                     self.store.delete(sha)
             raise
 
     def _referenced(self, sha: str) -> bool:
-        with self.sessions() as session:
-            return session.scalar(select(func.count()).select_from(FileRow)
-                                  .where(FileRow.sha256 == sha)) > 0
+        try:
+            with self.sessions() as session:
+                return session.scalar(select(func.count()).select_from(FileRow)
+                                      .where(FileRow.sha256 == sha)) > 0
+        except Exception:  # database unusable: nothing committed can reference our new blob
+            return False
 
     def list(self, *, modality: str | None = None, method: str | None = None,
              family: str | None = None, dims: int | None = None, q: str | None = None,

@@ -1,0 +1,177 @@
+"""`taskalign zoo ...`: browse a zoo server, download verified files, move encoders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Annotated
+
+import httpx
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+from rich.table import Table
+
+app = typer.Typer(help="The model zoo: list, show, download, export, pull, push.",
+                  no_args_is_help=True)
+console = Console()
+err = Console(stderr=True)
+
+Endpoint = Annotated[str, typer.Option(envvar="TASKALIGN_ZOO_URL",
+                                       help="Zoo server (REST API root).")]
+DEFAULT = "http://127.0.0.1:8000"
+
+
+def _get(url: str) -> httpx.Response:
+    try:
+        r = httpx.get(url, timeout=30)
+    except httpx.TransportError as e:
+        err.print(f"[red]error[/red] cannot reach {url}: {e}")
+        raise typer.Exit(1) from None
+    if r.status_code >= 400:
+        detail = r.json().get("detail") if "json" in r.headers.get("content-type", "") else r.text
+        err.print(f"[red]error[/red] {r.status_code}: {detail}")
+        raise typer.Exit(1)
+    return r
+
+
+@app.command("list")
+def list_encoders(endpoint: Endpoint = DEFAULT,
+                  modality: Annotated[str | None, typer.Option()] = None,
+                  method: Annotated[str | None, typer.Option()] = None) -> None:
+    """List encoders on a zoo server."""
+    params = {k: v for k, v in {"modality": modality, "method": method}.items() if v}
+    body = _get(f"{endpoint}/v1/encoders?" + "&".join(f"{k}={v}" for k, v in params.items()))
+    table = Table(title=f"{body.json()['count']} encoders")
+    for col in ("name", "method", "modality", "dims", "ch", "dim", "rev"):
+        table.add_column(col)
+    for e in body.json()["data"]:
+        table.add_row(e["name"], e["method_id"], e["modality"], str(e["spatial_dims"]),
+                      str(e["in_channels"]), str(e["feature_dim"]), str(e["latest_revision"]))
+    console.print(table)
+
+
+@app.command()
+def show(name: str, endpoint: Endpoint = DEFAULT) -> None:
+    """Show an encoder's card, evaluations and revisions."""
+    e = _get(f"{endpoint}/v1/encoders/{name}").json()
+    card = e["card"]
+    console.print(f"[bold]{e['name']}[/bold] - {card['pretext']['method_id']} on "
+                  f"{card['pretraining_data']['name']} ({card['modality']}, "
+                  f"{card['spatial_dims']}D, {card['in_channels']} ch, "
+                  f"{'x'.join(map(str, card['input_size']))}, {card['feature_dim']}-d)")
+    for ev in card.get("evaluation", []):
+        console.print(f"  {ev['protocol']:24s} {ev['label_fraction']:>5.0%} "
+                      f"{ev['metric']} {ev['value']:.3f} on {ev['dataset']}")
+    for r in e["revisions"]:
+        console.print(f"  revision {r['revision']} {r['commit'][:12]} {r['created_at']}")
+
+
+@app.command()
+def download(name: str, endpoint: Endpoint = DEFAULT,
+             revision: Annotated[str | None, typer.Option()] = None,
+             dest: Annotated[Path, typer.Option(help="Target folder.")] = Path(".")) -> None:
+    """Download a revision's files, checking each against its sha256."""
+    info = _get(f"{endpoint}/v1/encoders/{name}").json()
+    rev = next((r for r in info["revisions"]
+                if revision in (None, str(r["revision"]), r["commit"])), None)
+    if revision is None:
+        rev = info["revisions"][-1]
+    if rev is None:
+        err.print(f"[red]error[/red] no revision {revision} of {name}")
+        raise typer.Exit(1)
+    folder = dest / name
+    folder.mkdir(parents=True, exist_ok=True)
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                  TransferSpeedColumn(), console=console) as progress:
+        for filename, meta in sorted(rev["files"].items()):
+            task = progress.add_task(filename, total=meta["size"])
+            target = folder / filename
+            part = target.with_name(target.name + ".part")
+            digest = hashlib.sha256()
+            url = f"{endpoint}/v1/encoders/{name}/files/{filename}?revision={rev['revision']}"
+            with httpx.stream("GET", url, timeout=60) as r, open(part, "wb") as fh:
+                r.raise_for_status()
+                for chunk in r.iter_bytes(1 << 20):
+                    digest.update(chunk)
+                    fh.write(chunk)
+                    progress.advance(task, len(chunk))
+            if digest.hexdigest() != meta["sha256"]:
+                part.unlink()
+                err.print(f"[red]error[/red] {filename}: sha256 mismatch; file discarded")
+                raise typer.Exit(1)
+            os.replace(part, target)
+    console.print(f"saved {len(rev['files'])} verified files to {folder}")
+
+
+@app.command()
+def export(name: str, out: Annotated[Path, typer.Option(help="Target folder.")],
+           revision: Annotated[str | None, typer.Option()] = None) -> None:
+    """Write a local zoo encoder as a Hugging Face style folder (safetensors, ONNX, card)."""
+    from zoo.hub import TransferError, export_folder
+    from zoo.local import local_registry
+
+    with local_registry() as registry:
+        try:
+            card = export_folder(registry, name, revision, out)
+        except TransferError as e:
+            err.print(f"[red]error[/red] {e}")
+            raise typer.Exit(1) from None
+    console.print(f"exported {card.name} revision {card.revision} to {out}")
+
+
+@app.command()
+def pull(repo: Annotated[str, typer.Argument(help="ORG/REPO, e.g. taskalign/<name>")],
+         endpoint: Annotated[str | None, typer.Option(
+             help="Hub endpoint; a TaskAlign server's is <url>/hf. Default: the HF Hub.")]
+         = None,
+         revision: Annotated[str | None, typer.Option()] = None,
+         token: Annotated[str | None, typer.Option(envvar="HF_TOKEN")] = None) -> None:
+    """Import an encoder from a Hub-compatible endpoint into the local zoo, verified."""
+    from service.db import make_engine
+    from service.migrate import upgrade
+    from zoo.hub import TransferError
+    from zoo.hub import pull as pull_repo
+    from zoo.local import local_registry
+    from zoo.registry import FILES, RegistrationError
+
+    from .config import get_settings
+
+    settings = get_settings()
+    engine = make_engine(settings)
+    upgrade(engine)
+    engine.dispose()
+    with local_registry(settings.home, settings.database_url) as registry, Progress(
+            TextColumn("{task.description}"), BarColumn(), console=console) as progress:
+        task = progress.add_task(f"pull {repo}", total=len(FILES))
+        try:
+            card = pull_repo(registry, repo, endpoint=endpoint, revision=revision, token=token,
+                             on_file=lambda _: progress.advance(task))
+        except (TransferError, RegistrationError) as e:
+            err.print(f"[red]error[/red] {e}")
+            raise typer.Exit(1) from None
+    console.print(f"registered {card.name} revision {card.revision} (sha256 of every file "
+                  "checked)")
+
+
+@app.command()
+def push(name: str, repo: Annotated[str, typer.Option(help="ORG/REPO on the Hub.")],
+         endpoint: Annotated[str | None, typer.Option(help="Hub endpoint (default HF Hub).")]
+         = None,
+         revision: Annotated[str | None, typer.Option()] = None,
+         token: Annotated[str | None, typer.Option(envvar="HF_TOKEN")] = None,
+         private: Annotated[bool, typer.Option()] = False) -> None:
+    """Publish a local encoder revision to a Hugging Face Hub repository."""
+    from zoo.hub import TransferError
+    from zoo.hub import push as push_repo
+    from zoo.local import local_registry
+
+    with local_registry() as registry:
+        try:
+            commit = push_repo(registry, name, repo, endpoint=endpoint, token=token,
+                               revision=revision, private=private)
+        except TransferError as e:
+            err.print(f"[red]error[/red] {e}")
+            raise typer.Exit(1) from None
+    console.print(f"pushed {name} to {repo} ({commit})")

@@ -1,0 +1,209 @@
+"""The zoo end to end over real HTTP: upload, list, download with Range/ETag, ONNX parity
+on real MedMNIST images, embed, refused uploads, and matching in recommendations."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load as load_safetensors
+
+from tests.conftest import Server
+from tests.utils import card, medmnist, npy_bytes, png_bytes, upload_files, weights
+from zoo.architectures import build_encoder
+from zoo.export import onnx_session
+
+TOKEN = "test-admin-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+NAME_2D = "resnet18-2d.test-pneumoniamnist"
+NAME_3D = "resnet10-3d.test-adrenalmnist3d"
+
+
+@pytest.fixture(scope="module")
+def zoo_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    home = tmp_path_factory.mktemp("zoo")
+    server = Server(home, TASKALIGN_ADMIN_TOKENS=TOKEN, TASKALIGN_API_TOKENS="",
+                    TASKALIGN_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024))
+    cards = {NAME_2D: card(NAME_2D, dims=2), NAME_3D: card(NAME_3D, dims=3)}
+    blobs = {name: weights(c, seed=3) for name, c in cards.items()}
+    for name, c in cards.items():
+        r = httpx.post(f"{server.url}/v1/encoders", files=upload_files(c, blobs[name]),
+                       headers=AUTH, timeout=120)
+        assert r.status_code == 201, r.text
+    yield {"url": server.url, "home": home, "cards": cards, "weights": blobs}
+    server.stop()
+
+
+def blob_files(home: Path) -> set[str]:
+    return {p.name for p in (home / "artifacts" / "blobs").glob("*/*")}
+
+
+def test_list_filters_and_detail(zoo_server: dict[str, Any]) -> None:
+    url = zoo_server["url"]
+    body = httpx.get(f"{url}/v1/encoders").json()
+    assert body["count"] == 2 and {e["name"] for e in body["data"]} == {NAME_2D, NAME_3D}
+    only = httpx.get(f"{url}/v1/encoders", params={"dims": 3}).json()
+    assert [e["name"] for e in only["data"]] == [NAME_3D]
+    assert httpx.get(f"{url}/v1/encoders", params={"method": "simclr"}).json()["count"] == 1
+    assert httpx.get(f"{url}/v1/encoders", params={"modality": "mri"}).json()["count"] == 0
+    assert httpx.get(f"{url}/v1/encoders", params={"q": "ADRENAL"}).json()["count"] == 1
+    detail = httpx.get(f"{url}/v1/encoders/{NAME_2D}").json()
+    assert detail["card"]["pretext"]["family"] == "contrastive_global"
+    assert detail["card"]["feature_dim"] == 64
+    files = detail["revisions"][0]["files"]
+    assert set(files) == {"config.json", "README.md", "model.safetensors", "model.onnx"}
+    missing = httpx.get(f"{url}/v1/encoders/resnet18-2d.test-pneumoniamnst")
+    assert missing.status_code == 404 and NAME_2D in missing.json()["detail"]
+
+
+def test_download_range_etag_304(zoo_server: dict[str, Any]) -> None:
+    url = f"{zoo_server['url']}/v1/encoders/{NAME_2D}/files/model.safetensors"
+    full = httpx.get(url)
+    assert full.status_code == 200
+    sha = hashlib.sha256(full.content).hexdigest()
+    assert full.headers["etag"] == f'"{sha}"'
+    assert full.headers["accept-ranges"] == "bytes"
+    assert int(full.headers["content-length"]) == len(full.content)
+    assert full.content == zoo_server["weights"][NAME_2D]
+    part = httpx.get(url, headers={"Range": "bytes=100-1123"})
+    assert part.status_code == 206 and part.content == full.content[100:1124]
+    assert part.headers["content-range"] == f"bytes 100-1123/{len(full.content)}"
+    resume = httpx.get(url, headers={"Range": f"bytes={len(full.content) - 10}-"})
+    assert resume.content == full.content[-10:]
+    assert httpx.get(url, headers={"If-None-Match": f'"{sha}"'}).status_code == 304
+    head = httpx.head(url)
+    assert head.status_code == 200 and head.content == b""
+    assert head.headers["content-length"] == str(len(full.content))
+    bad = httpx.get(url, headers={"Range": f"bytes={len(full.content) + 5}-"})
+    assert bad.status_code == 416
+
+
+@pytest.mark.parametrize(("name", "dataset"), [(NAME_2D, "pneumoniamnist"),
+                                               (NAME_3D, "adrenalmnist3d")])
+def test_onnx_parity_on_real_images(zoo_server: dict[str, Any], name: str,
+                                    dataset: str, tmp_path: Path) -> None:
+    base = f"{zoo_server['url']}/v1/encoders/{name}/files"
+    c = zoo_server["cards"][name]
+    model = build_encoder(c["architecture"]["name"], c["spatial_dims"], c["in_channels"],
+                          c["input_size"], c["architecture"]["args"])
+    state = load_safetensors(httpx.get(f"{base}/model.safetensors").content)
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    onnx_path = tmp_path / "model.onnx"
+    onnx_path.write_bytes(httpx.get(f"{base}/model.onnx").content)
+    images, _ = medmnist(dataset, n=16)
+    x = ((images.astype(np.float32) / 255.0 - 0.5) / 0.5)[:, None]
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    session = onnx_session(onnx_path, ["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert got.shape == (16, 64 if name == NAME_2D else 32)
+    assert np.abs(got - expected).max() < 1e-4
+    assert np.abs(expected).max() > 0  # features are not trivially zero
+
+
+def test_embed_png_and_npy(zoo_server: dict[str, Any]) -> None:
+    images, _ = medmnist("pneumoniamnist", n=4)
+    files = [("images", (f"img{i}.png", png_bytes(im), "image/png"))
+             for i, im in enumerate(images[:2])]
+    files += [("images", (f"img{i}.npy", npy_bytes(im), "application/octet-stream"))
+              for i, im in enumerate(images[2:], start=2)]
+    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=files, timeout=60)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["count"] == 4 and body["feature_dim"] == 64
+    assert [d["image"] for d in body["data"]] == ["img0.png", "img1.png", "img2.npy", "img3.npy"]
+    # PNG and NPY of the same pixels give the same features.
+    same = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=[
+        ("images", ("a.png", png_bytes(images[0]), "image/png")),
+        ("images", ("a.npy", npy_bytes(images[0]), "application/octet-stream"))]).json()
+    assert np.allclose(same["data"][0]["features"], same["data"][1]["features"], atol=1e-6)
+    assert np.allclose(same["data"][0]["features"], body["data"][0]["features"], atol=1e-6)
+
+
+def test_embed_bad_images_named(zoo_server: dict[str, Any]) -> None:
+    images, _ = medmnist("pneumoniamnist", n=1)
+    obj = io.BytesIO()
+    np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    files = [("images", ("good.png", png_bytes(images[0]), "image/png")),
+             ("images", ("big.npy", npy_bytes(np.zeros((64, 64), np.uint8)), "x")),
+             ("images", ("broken.png", b"\x89PNG not really", "image/png")),
+             ("images", ("pickled.npy", obj.getvalue(), "x")),
+             ("images", ("scan.dcm", b"DICM", "x"))]
+    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=files)
+    assert r.status_code == 422
+    problems = {p["image"]: p["msg"] for p in r.json()["detail"]}
+    assert set(problems) == {"big.npy", "broken.png", "pickled.npy", "scan.dcm"}
+    assert "expects 28x28" in problems["big.npy"]
+    assert "pickled" in problems["pickled.npy"]
+
+
+def test_recommendation_lists_matching_encoders(zoo_server: dict[str, Any]) -> None:
+    r = httpx.post(f"{zoo_server['url']}/v1/recommendations",
+                   json={"task": "classification", "modality": "xray", "label_regime": "low"})
+    encoders = r.json()["encoders"]
+    assert [e["name"] for e in encoders] == [NAME_2D]  # the 3D encoder does not fit 2D
+    assert any("pretrained with simclr" in reason for reason in encoders[0]["reasons"])
+    assert any("pretrained on xray" in reason for reason in encoders[0]["reasons"])
+    r3 = httpx.post(f"{zoo_server['url']}/v1/recommendations",
+                    json={"task": "segmentation", "modality": "ct", "label_regime": "low"})
+    assert [e["name"] for e in r3.json()["encoders"]] == [NAME_3D]
+
+
+def _refused(zoo_server: dict[str, Any], files: dict, headers: dict | None = None
+             ) -> httpx.Response:
+    url = zoo_server["url"]
+    before_blobs = blob_files(zoo_server["home"])
+    before = httpx.get(f"{url}/v1/encoders").json()
+    r = httpx.post(f"{url}/v1/encoders", files=files, headers=AUTH if headers is None
+                   else headers, timeout=120)
+    assert blob_files(zoo_server["home"]) == before_blobs
+    assert not list((zoo_server["home"] / "artifacts" / "tmp").iterdir())
+    assert httpx.get(f"{url}/v1/encoders").json() == before
+    return r
+
+
+def test_refused_uploads_leave_nothing(zoo_server: dict[str, Any]) -> None:
+    c = card("resnet18-2d.refused")
+    good = weights(c)
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(3)}, buf)
+    r = _refused(zoo_server, upload_files(c, buf.getvalue(), "model.pt"))
+    assert r.status_code == 422 and "pickle" in r.json()["detail"][0]["msg"]
+    r = _refused(zoo_server, upload_files(c, buf.getvalue()))  # pickle renamed .safetensors
+    assert r.status_code == 422 and "pickle" in r.json()["detail"][0]["msg"]
+    wrong_shape = card("resnet18-2d.refused", arch={"name": "resnet18",
+                                                    "args": {"widths": [8, 16, 32, 128]}})
+    r = _refused(zoo_server, upload_files(wrong_shape, good))
+    assert r.status_code == 422 and "shape mismatch" in r.json()["detail"][0]["msg"]
+    wrong_arch = card("resnet18-2d.refused", arch={"name": "vit", "args": {}})
+    r = _refused(zoo_server, upload_files(wrong_arch, good))
+    assert r.status_code == 422 and "do not fit" in r.json()["detail"][0]["msg"]
+    r = _refused(zoo_server, upload_files({**c, "pretext": {"method_id": "simclrr"}}, good))
+    assert r.status_code == 422 and "unknown pretext method" in r.json()["detail"][0]["msg"]
+    big = upload_files(c, good + b"\0" * (3 * 1024 * 1024))
+    assert _refused(zoo_server, big).status_code == 413
+    assert _refused(zoo_server, upload_files(c, good), headers={}).status_code == 401
+    assert _refused(zoo_server, upload_files(c, good),
+                    headers={"Authorization": "Bearer wrong"}).status_code == 401
+
+
+def test_new_revision_keeps_old_downloadable(zoo_server: dict[str, Any]) -> None:
+    url, c = zoo_server["url"], zoo_server["cards"][NAME_2D]
+    same = httpx.post(f"{url}/v1/encoders", files=upload_files(c, zoo_server["weights"][NAME_2D]),
+                      headers=AUTH, timeout=120)
+    assert same.status_code == 409
+    new = weights(c, seed=11)
+    r = httpx.post(f"{url}/v1/encoders", files=upload_files(c, new), headers=AUTH, timeout=120)
+    assert r.status_code == 201 and r.json()["revision"] == 2
+    base = f"{url}/v1/encoders/{NAME_2D}/files/model.safetensors"
+    assert httpx.get(base).content == new
+    assert httpx.get(base, params={"revision": 1}).content == zoo_server["weights"][NAME_2D]
+    assert httpx.get(base, params={"revision": 7}).status_code == 404

@@ -1,0 +1,101 @@
+"""Registration against real SQLite and PostgreSQL databases, with real ONNX export."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import sessionmaker
+
+from service.migrate import upgrade
+from tests.utils import card, weights
+from zoo.catalog import EncoderRow, FileRow, RevisionRow
+from zoo.registry import RegistrationError, Registry, check_safetensors, prepare
+from zoo.storage import BlobStore
+
+
+@pytest.fixture
+def registry(database_url: str, tmp_path: Path) -> Registry:
+    engine = create_engine(database_url)
+    upgrade(engine)
+    return Registry(sessionmaker(engine, expire_on_commit=False), BlobStore(tmp_path / "art"))
+
+
+def counts(reg: Registry) -> tuple[int, int, int, int]:
+    with reg.sessions() as s:
+        return (s.scalar(select(func.count()).select_from(EncoderRow)),
+                s.scalar(select(func.count()).select_from(RevisionRow)),
+                s.scalar(select(func.count()).select_from(FileRow)), len(reg.store.all()))
+
+
+def test_register_then_new_revision(registry: Registry) -> None:
+    c = card()
+    first = registry.register(prepare(c, weights(c, seed=0)), family="contrastive_global")
+    assert first.revision == 1 and len(first.commit) == 40
+    assert set(first.files) == {"config.json", "README.md", "model.safetensors", "model.onnx"}
+    assert first.onnx_parity_max_abs_diff < 1e-4 and first.feature_dim == 64
+    for entry in first.files.values():
+        assert registry.store.path(entry.sha256).stat().st_size == entry.size
+    with pytest.raises(RegistrationError) as info:
+        registry.register(prepare(c, weights(c, seed=0)))
+    assert info.value.status == 409
+    second = registry.register(prepare(c, weights(c, seed=1)))
+    assert second.revision == 2 and second.commit != first.commit
+    assert registry.revision(c["name"], "1").commit == first.commit
+    assert registry.revision(c["name"], None).number == 2
+    assert registry.revision(c["name"], first.commit).number == 1
+    assert counts(registry)[:2] == (1, 2)
+
+
+def test_fp16_weights_accepted(registry: Registry) -> None:
+    c = card(name="resnet18-2d.fp16-test")
+    stored = registry.register(prepare(c, weights(c, fp16=True)))
+    assert stored.onnx_parity_max_abs_diff < 1e-4
+
+
+def test_pickle_checkpoint_refused_by_content() -> None:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"w": torch.zeros(2)}, buf)
+    with pytest.raises(RegistrationError, match="pickle"):
+        check_safetensors(buf.getvalue())
+
+
+@pytest.mark.parametrize(("mutate", "field", "message"), [
+    (lambda c: c["architecture"].update({"name": "resnet99"}), "config.architecture",
+     "unknown architecture"),
+    (lambda c: c.update({"name": "Bad Name"}), "config", "name"),
+    (lambda c: c["architecture"]["args"].update({"widths": [8, 16, 32, 128]}), "weights",
+     "shape mismatch"),
+    (lambda c: c.update({"architecture": {"name": "resnet10",
+                                          "args": {"widths": [8, 16, 32, 64]}}}),
+     "weights", "unexpected"),
+])
+def test_refused_uploads(mutate, field: str, message: str) -> None:  # noqa: ANN001
+    original = card()
+    data = weights(original)
+    changed = card()
+    mutate(changed)
+    with pytest.raises(RegistrationError) as info:
+        prepare(changed, data)
+    assert info.value.field == field
+    assert message in str(info.value)
+
+
+def test_failed_commit_leaves_nothing(registry: Registry) -> None:
+    c = card(name="resnet18-2d.broken")
+    prepared = prepare(c, weights(c))
+    assert counts(registry) == (0, 0, 0, 0)
+    # Make the database refuse the last inserts of the transaction for real.
+    with registry.sessions.begin() as session:
+        session.execute(text("DROP TABLE encoder_files"))
+    with pytest.raises(DBAPIError):
+        registry.register(prepared)
+    with registry.sessions() as s:
+        assert s.scalar(select(func.count()).select_from(EncoderRow)) == 0
+        assert s.scalar(select(func.count()).select_from(RevisionRow)) == 0
+    assert registry.store.all() == set()
