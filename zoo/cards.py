@@ -105,7 +105,8 @@ class StoredCard(EncoderCard):
     """The card as served: declared facts plus what the server measured and stored."""
 
     revision: int
-    commit: str
+    # Absent from config.json: the commit id is a hash over the files, config.json included.
+    commit: str | None = None
     created_at: datetime
     feature_dim: int
     onnx_parity_max_abs_diff: float

@@ -8,6 +8,7 @@ a revision number, or the revision's 40-hex commit id.
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -45,12 +46,19 @@ def _lookup(zoo: ZooDep, repo_id: str, revision: str | None) -> tuple[Any, JSONR
     return rev, None
 
 
+def _hub_time(value: datetime) -> str:
+    """The Hub's timestamp format; ours are stored in UTC (SQLite hands them back naive)."""
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
 def _info(repo_id: str, rev: Any) -> dict[str, Any]:
     card = rev.card
     return {
         "_id": rev.commit[:24], "id": repo_id, "modelId": repo_id, "author": ORG,
-        "sha": rev.commit, "lastModified": rev.created_at.isoformat(),
-        "createdAt": rev.created_at.isoformat(), "private": False, "disabled": False,
+        "sha": rev.commit, "lastModified": _hub_time(rev.created_at),
+        "createdAt": _hub_time(rev.created_at), "private": False, "disabled": False,
         "gated": False, "downloads": 0, "likes": 0, "library_name": "taskalign",
         "pipeline_tag": "image-feature-extraction",
         "tags": ["medical-imaging", card.get("modality", ""),
