@@ -207,3 +207,26 @@ def test_new_revision_keeps_old_downloadable(zoo_server: dict[str, Any]) -> None
     assert httpx.get(base).content == new
     assert httpx.get(base, params={"revision": 1}).content == zoo_server["weights"][NAME_2D]
     assert httpx.get(base, params={"revision": 7}).status_code == 404
+
+
+def test_live_server_on_postgresql(tmp_path: Path) -> None:
+    from tests.conftest import POSTGRES_URL, postgres_available
+    from tests.utils import fresh_postgres_database
+
+    reason = postgres_available()
+    if reason:
+        pytest.skip(reason)
+    with fresh_postgres_database(POSTGRES_URL) as url:
+        server = Server(tmp_path, TASKALIGN_DATABASE_URL=url, TASKALIGN_ADMIN_TOKENS=TOKEN)
+        try:
+            c = card("resnet18-2d.on-postgres")
+            data = weights(c, seed=2)
+            r = httpx.post(f"{server.url}/v1/encoders", files=upload_files(c, data),
+                           headers=AUTH, timeout=120)
+            assert r.status_code == 201, r.text
+            listed = httpx.get(f"{server.url}/v1/encoders").json()
+            assert [e["name"] for e in listed["data"]] == [c["name"]]
+            got = httpx.get(f"{server.url}/v1/encoders/{c['name']}/files/model.safetensors")
+            assert got.content == data
+        finally:
+            server.stop()
