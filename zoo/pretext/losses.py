@@ -1,0 +1,85 @@
+"""Loss functions of the pretext objectives, vectorised. Each docstring names the paper;
+tests/zoo/test_losses.py checks every one against its defining formula written naively."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """SimCLR's normalised temperature-scaled cross entropy (Chen et al. 2020, review [10]).
+
+    For 2N views, each view's positive is its partner; the other 2N-2 views are negatives.
+    """
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+def info_nce_queue(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor,
+                   temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE: the key of the same image against a queue of past keys
+    (He et al. 2020, review [27]). `queue` holds normalised keys as rows."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    pos = (q * k).sum(1, keepdim=True)
+    neg = q @ queue.t()
+    logits = torch.cat([pos, neg], 1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL: 2 - 2 cos(prediction, target projection), averaged (Grill et al. 2020)."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.005,
+                      eps: float = 1e-5) -> torch.Tensor:
+    """Barlow Twins: cross-correlation of batch-standardised embeddings pushed to the
+    identity, off-diagonal terms weighted by lambda (Zbontar et al. 2021, review [74])."""
+    n = z1.shape[0]
+    a = (z1 - z1.mean(0)) / (z1.std(0, unbiased=False) + eps)
+    b = (z2 - z2.mean(0)) / (z2.std(0, unbiased=False) + eps)
+    c = a.t() @ b / n
+    on = (torch.diagonal(c) - 1).pow(2).sum()
+    off = c.pow(2).sum() - torch.diagonal(c).pow(2).sum()
+    return on + lambd * off
+
+
+def dino_loss(student: torch.Tensor, teacher: torch.Tensor, center: torch.Tensor,
+              student_temp: float = 0.1, teacher_temp: float = 0.04) -> torch.Tensor:
+    """DINO: cross entropy between the centred, sharpened teacher distribution and the
+    student's (Caron et al. 2021, review [52]). Inputs are logits of matching views."""
+    t = F.softmax((teacher.detach() - center) / teacher_temp, dim=1)
+    return -(t * F.log_softmax(student / student_temp, dim=1)).sum(1).mean()
+
+
+def dense_nt_xent(f1: torch.Tensor, f2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """Pixel/voxel-level contrast: the same location in two aligned feature maps is the
+    positive, every other location of both maps a negative (in the spirit of DenseCL [82]
+    and vox2vec [23]). f1, f2: (B, C, *spatial) with identical geometry."""
+    c = f1.shape[1]
+    a = f1.flatten(2).transpose(1, 2).reshape(-1, c)
+    b = f2.flatten(2).transpose(1, 2).reshape(-1, c)
+    return nt_xent(a, b, temperature)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
+               norm_pix: bool = False) -> torch.Tensor:
+    """MAE / SimMIM reconstruction loss on masked patches only (He et al. 2022, [26]).
+    pred, target: (B, L, P) patch pixels; mask: (B, L) with 1 for masked patches."""
+    if norm_pix:
+        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+        target = (target - mean) / (var + 1e-6).sqrt()
+    per_patch = (pred - target).pow(2).mean(-1)
+    return (per_patch * mask).sum() / mask.sum().clamp(min=1)
+
+
+def latent_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """I-JEPA: distance between predicted and target-encoder latents of the target blocks
+    (Assran et al. 2023); targets are layer-normalised and never receive gradients."""
+    target = F.layer_norm(target.detach(), target.shape[-1:])
+    return F.smooth_l1_loss(pred, target)
