@@ -64,6 +64,7 @@ class ViTEncoder(nn.Module):
                        num_heads=num_heads, classification=False, spatial_dims=spatial_dims)
         self.feature_dim = hidden_size
         self.patch_size = patch_size
+        self.img_size = list(img_size)
 
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[0]

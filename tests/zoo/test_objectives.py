@@ -1,0 +1,124 @@
+"""Objectives: gradients reach the encoder, momentum targets move, data transforms keep
+their invariants, and a short run on real images lowers the loss."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.utils import medmnist
+from zoo.architectures import build_encoder
+from zoo.augment import Policy
+from zoo.pretext.base import EMA
+from zoo.pretext.contrastive import group_partners
+from zoo.pretext.generative import swap_patches
+from zoo.pretext.predictive import RubiksCube, _tiles, _untile
+from zoo.pretext.registry import OBJECTIVES, ObjectiveError, build_objective
+
+POLICY = Policy.build(["random_resized_crop", "horizontal_flip", "intensity_shift"], [], 1)
+VIT = {2: {"patch_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 3},
+       3: {"patch_size": 7, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 3}}
+
+
+def encoder_for(kind: str, dims: int):  # noqa: ANN201
+    if kind == "vit":
+        return build_encoder("vit", dims, 1, [28] * dims, VIT[dims])
+    return build_encoder("resnet18", dims, 1, [28] * dims, {"widths": [8, 8, 16, 16]})
+
+
+CASES = [(m, d) for m, (_, kind) in OBJECTIVES.items() for d in (2, 3)
+         if not (m == "rubiks_cube" and d == 2) and not (m == "jigsaw" and d == 3)]
+
+
+@pytest.mark.parametrize(("method", "dims"), CASES, ids=[f"{m}-{d}d" for m, d in CASES])
+def test_loss_is_finite_and_trains_the_encoder(method: str, dims: int) -> None:
+    torch.manual_seed(0)
+    kind = OBJECTIVES[method][1]
+    obj = build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    x = torch.rand(6 if dims == 2 else 4, 1, *[28] * dims)
+    loss = obj.loss(x, POLICY, torch.Generator().manual_seed(0),
+                    groups=torch.tensor([0, 0, 1, 1, 2, 2][: x.shape[0]]))
+    assert torch.isfinite(loss)
+    loss.backward()
+    grads = [p.grad for p in obj.encoder.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_wrong_encoder_kind_is_refused() -> None:
+    with pytest.raises(ObjectiveError, match="vit"):
+        build_objective("mae", encoder_for("cnn", 2))
+    with pytest.raises(ObjectiveError, match="hyperparameters"):
+        build_objective("simclr", encoder_for("cnn", 2), temprature=0.1)
+
+
+def test_ema_moves_towards_online() -> None:
+    online = torch.nn.Linear(3, 3)
+    ema = EMA(online, momentum=0.5)
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    before = ema.module.weight.clone()
+    ema.update(online)
+    assert torch.allclose(ema.module.weight, 0.5 * before + 0.5 * online.weight)
+
+
+def test_group_partners_share_group() -> None:
+    groups = torch.tensor([0, 0, 1, 2, 2, 2, 3])
+    partner = group_partners(groups, torch.Generator().manual_seed(0))
+    for i, j in enumerate(partner.tolist()):
+        assert groups[i] == groups[j]
+        assert (i != j) == (int((groups == groups[i]).sum()) > 1)
+
+
+def test_tiles_round_trip() -> None:
+    x = torch.rand(2, 1, 27, 27)
+    tiles, tile = _tiles(x, [3, 3])
+    assert tiles.shape == (2, 9, 1, 9, 9)
+    assert torch.equal(_untile(tiles, [3, 3]), x)
+    assert torch.equal(tiles[0, 1, 0], x[0, 0, 0:9, 9:18])  # row-major tile order
+    v = torch.rand(1, 1, 8, 8, 8)
+    assert torch.equal(_untile(_tiles(v, [2, 2, 2])[0], [2, 2, 2]), v)
+
+
+def test_rubiks_flip_is_a_rotation() -> None:
+    cube = torch.rand(1, 1, 4, 4, 4)
+    about_v = torch.flip(cube, dims=(2, 4))  # D and W: 180 degrees about H
+    assert torch.equal(torch.rot90(cube, 2, dims=(2, 4)), about_v)
+    obj = RubiksCube(encoder_for("cnn", 3))
+    assert obj.perms.shape == (24, 8) and torch.equal(obj.perms[0], torch.arange(8))
+
+
+def test_swap_patches_keeps_intensities() -> None:
+    x = torch.rand(2, 1, 28, 28)
+    y = swap_patches(x, torch.Generator().manual_seed(0))
+    assert not torch.equal(x, y)
+    assert torch.equal(x.flatten(1).sort(1).values, y.flatten(1).sort(1).values)
+
+
+def test_mae_encodes_only_visible_tokens() -> None:
+    obj = build_objective("mae", encoder_for("vit", 2), mask_ratio=0.75)
+    seen = {}
+
+    def record(_module, args, _out):  # noqa: ANN001, ANN202
+        seen["tokens"] = args[0].shape[1]
+
+    obj.encoder.net.blocks[0].register_forward_hook(record)
+    obj.loss(torch.rand(2, 1, 28, 28), Policy(set()), torch.Generator().manual_seed(0))
+    assert seen["tokens"] == round(49 * 0.25)
+
+
+def test_simclr_learns_on_real_images() -> None:
+    images, _ = medmnist("pneumoniamnist", split="train", n=256)
+    x = torch.from_numpy(images).float().div(255)[:, None]
+    torch.manual_seed(0)
+    obj = build_objective("simclr", encoder_for("cnn", 2), temperature=0.2)
+    opt = torch.optim.Adam(obj.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(0)
+    history = []
+    for step in range(40):
+        batch = x[(torch.arange(64) + step * 64) % len(x)]
+        loss = obj.loss(batch, POLICY, gen)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        history.append(loss.item())
+    assert sum(history[-8:]) / 8 < sum(history[:8]) / 8 - 0.2

@@ -1,0 +1,119 @@
+"""Contrastive objectives (review 4.1): SimCLR, MoCo v2, MICLe-style group positives, and
+dense pixel/voxel-level contrast."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..augment import augment, photometric
+from . import losses
+from .base import EMA, Objective, feature_map, mlp, standardise
+
+
+class SimCLR(Objective):
+    """Chen et al. 2020 (review [10]); medical uses [14, 1, 16]."""
+
+    def __init__(self, encoder: nn.Module, temperature: float = 0.1, projection_dim: int = 128):
+        super().__init__()
+        self.encoder, self.temperature = encoder, temperature
+        d = encoder.feature_dim
+        self.projector = mlp(d, d, projection_dim)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(standardise(x)))
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        v1, v2 = self.views(x, policy, gen)
+        return losses.nt_xent(self.embed(v1), self.embed(v2), self.temperature)
+
+
+def group_partners(groups: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
+    """For each sample, the index of another sample of the same group (itself if alone)."""
+    partner = torch.arange(len(groups))
+    order = torch.randperm(len(groups), generator=gen)
+    by_group: dict[int, list[int]] = {}
+    for i in order.tolist():
+        by_group.setdefault(int(groups[i]), []).append(i)
+    for members in by_group.values():
+        if len(members) > 1:
+            for a, b in zip(members, members[1:] + members[:1], strict=True):
+                partner[a] = b
+    return partner
+
+
+class MICLe(SimCLR):
+    """Multi-instance contrast (Azizi et al. 2021, review [5]): the positive of an image is
+    another image of the same patient (group), each independently augmented."""
+
+    needs_groups = True
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        if groups is None:
+            return super().loss(x, policy, gen)
+        partner = group_partners(groups.cpu(), gen).to(x.device)
+        v1, v2 = augment(x, policy, gen), augment(x[partner], policy, gen)
+        return losses.nt_xent(self.embed(v1), self.embed(v2), self.temperature)
+
+
+class MoCoV2(Objective):
+    """Momentum contrast with a queue of keys (He et al. 2020; Chen et al. 2020; review [27])."""
+
+    def __init__(self, encoder: nn.Module, temperature: float = 0.2, queue_size: int = 4096,
+                 momentum: float = 0.99, projection_dim: int = 128):
+        super().__init__()
+        self.encoder, self.temperature = encoder, temperature
+        d = encoder.feature_dim
+        self.projector = mlp(d, d, projection_dim)
+        self.key = EMA(nn.ModuleDict({"encoder": encoder, "projector": self.projector}),
+                       momentum)
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, projection_dim), dim=1))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        v1, v2 = self.views(x, policy, gen)
+        q = self.projector(self.encoder(standardise(v1)))
+        with torch.no_grad():
+            k = self.key.module["projector"](self.key.module["encoder"](standardise(v2)))
+        # A snapshot: the queue is updated in place right after, while autograd needs it.
+        loss = losses.info_nce_queue(q, k, self.queue.clone(), self.temperature)
+        self._enqueue(F.normalize(k, dim=1))
+        return loss
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        n, size = keys.shape[0], self.queue.shape[0]
+        idx = (self.pointer + torch.arange(n, device=keys.device)) % size
+        self.queue[idx] = keys
+        self.pointer.copy_((self.pointer + n) % size)
+
+    def after_step(self) -> None:
+        self.key.module.to(self.queue.device)
+        self.key.update(nn.ModuleDict({"encoder": self.encoder, "projector": self.projector}))
+
+
+class DenseContrast(Objective):
+    """Global contrast plus contrast between corresponding feature-map locations
+    (DenseCL [82], vox2vec [23]). Both views share their geometry, so locations align;
+    they differ in intensity and noise only."""
+
+    def __init__(self, encoder: nn.Module, temperature: float = 0.2, global_weight: float = 0.5,
+                 projection_dim: int = 128):
+        super().__init__()
+        self.encoder, self.temperature, self.global_weight = encoder, temperature, global_weight
+        d = encoder.feature_dim
+        self.projector = mlp(d, d, projection_dim)
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        from ..augment import geometric
+
+        base = geometric(x, policy, gen)
+        v1, v2 = photometric(base, policy, gen), photometric(base, policy, gen)
+        f1, f2 = feature_map(self.encoder, standardise(v1)), feature_map(
+            self.encoder, standardise(v2))
+        dense = losses.dense_nt_xent(f1, f2, self.temperature)
+        g1 = self.projector(f1.flatten(2).mean(-1))
+        g2 = self.projector(f2.flatten(2).mean(-1))
+        return (1 - self.global_weight) * dense + self.global_weight * losses.nt_xent(
+            g1, g2, self.temperature)

@@ -1,0 +1,196 @@
+"""Generative objectives (review 4.3): MAE and SimMIM on ViTs; Models Genesis restoration
+and context restoration (patch swapping) on convolutional encoders with a decoder."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..augment import augment
+from . import losses
+from .base import Decoder, Objective, feature_map, need_vit, standardise
+from .vitparts import embed_patches, gather_tokens, patchify, positions, transformer
+
+
+class MAE(Objective):
+    """He et al. 2022 (review [26, 87, 59]): encode visible patches only, reconstruct the
+    masked ones with a light decoder. `mask_ratio` comes from the recommendation (the
+    review advises less than the natural-image 0.75 for small findings)."""
+
+    def __init__(self, encoder: nn.Module, mask_ratio: float = 0.6, decoder_dim: int = 96,
+                 decoder_depth: int = 2, norm_pix_loss: bool = True):
+        super().__init__()
+        from monai.networks.blocks import TransformerBlock
+
+        vit = need_vit(encoder)
+        self.encoder, self.mask_ratio, self.norm_pix = encoder, mask_ratio, norm_pix_loss
+        d, p = vit.feature_dim, vit.patch_size
+        n_tokens = positions(vit).shape[1]
+        channels = vit.net.patch_embedding.patch_embeddings.in_channels
+        dims = vit.net.patch_embedding.patch_embeddings.weight.dim() - 2
+        self.to_decoder = nn.Linear(d, decoder_dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos = nn.Parameter(torch.randn(1, n_tokens, decoder_dim) * 0.02)
+        self.decoder = nn.ModuleList(
+            TransformerBlock(decoder_dim, decoder_dim * 2, 4 if decoder_dim % 4 == 0 else 1)
+            for _ in range(decoder_depth))
+        self.to_pixels = nn.Linear(decoder_dim, channels * p**dims)
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        vit = self.encoder
+        x = standardise(augment(x, policy, gen))
+        tokens = embed_patches(vit, x) + positions(vit)
+        b, n, _ = tokens.shape
+        keep = max(1, int(round(n * (1 - self.mask_ratio))))
+        order = torch.argsort(torch.rand(b, n, generator=gen).to(x.device), dim=1)
+        visible = order[:, :keep]
+        encoded = transformer(vit, gather_tokens(tokens, visible))
+        dec = self.mask_token.expand(b, n, -1).clone()
+        dec.scatter_(1, visible[..., None].expand(-1, -1, dec.shape[-1]),
+                     self.to_decoder(encoded))
+        dec = dec + self.decoder_pos
+        for block in self.decoder:
+            dec = block(dec)
+        pred = self.to_pixels(dec)
+        mask = torch.ones(b, n, device=x.device)
+        mask.scatter_(1, visible, 0.0)
+        return losses.masked_mse(pred, patchify(x, vit.patch_size), mask, self.norm_pix)
+
+
+class SimMIM(Objective):
+    """Xie et al. 2022; dental radiographs [2]: masked patches become a learnable token but
+    stay in the encoder, which keeps positions; a linear head predicts raw pixels."""
+
+    def __init__(self, encoder: nn.Module, mask_ratio: float = 0.5):
+        super().__init__()
+        vit = need_vit(encoder)
+        self.encoder, self.mask_ratio = encoder, mask_ratio
+        channels = vit.net.patch_embedding.patch_embeddings.in_channels
+        dims = vit.net.patch_embedding.patch_embeddings.weight.dim() - 2
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, vit.feature_dim))
+        self.head = nn.Linear(vit.feature_dim, channels * vit.patch_size**dims)
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        vit = self.encoder
+        x = standardise(augment(x, policy, gen))
+        tokens = embed_patches(vit, x)
+        b, n, _ = tokens.shape
+        mask = (torch.rand(b, n, generator=gen) < self.mask_ratio).float().to(x.device)
+        tokens = tokens * (1 - mask[..., None]) + self.mask_token * mask[..., None]
+        pred = self.head(transformer(vit, tokens + positions(vit)))
+        target = patchify(x, vit.patch_size)
+        return (pred - target).abs().mean(-1).mul(mask).sum() / mask.sum().clamp(min=1)
+
+
+def bezier_intensity(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+    """Models Genesis' non-linear intensity transform: a random cubic Bezier curve from
+    (0, 0) to (1, 1), sometimes inverted, applied per sample."""
+    out = torch.empty_like(x)
+    t = torch.linspace(0, 1, 256, device=x.device)
+    for i in range(x.shape[0]):
+        p1, p2 = torch.rand(2, generator=gen), torch.rand(2, generator=gen)
+        xs = 3 * (1 - t) ** 2 * t * p1[0] + 3 * (1 - t) * t**2 * p2[0] + t**3
+        ys = 3 * (1 - t) ** 2 * t * p1[1] + 3 * (1 - t) * t**2 * p2[1] + t**3
+        xs, order = torch.sort(xs)
+        ys = ys[order]
+        idx = torch.searchsorted(xs, x[i].clamp(0, 1).contiguous()).clamp(1, 255)
+        x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
+        w = (x[i] - x0) / (x1 - x0).clamp(min=1e-6)
+        y = y0 + w.clamp(0, 1) * (y1 - y0)
+        out[i] = 1 - y if torch.rand((), generator=gen) < 0.5 else y
+    return out
+
+
+def _box(size: list[int], lo: float, hi: float, gen: torch.Generator | None) -> tuple[slice, ...]:
+    out = []
+    for s in size:
+        length = max(1, int(s * float(torch.empty(()).uniform_(lo, hi, generator=gen))))
+        start = int(torch.randint(0, s - length + 1, (1,), generator=gen))
+        out.append(slice(start, start + length))
+    return tuple(out)
+
+
+def genesis_corrupt(x: torch.Tensor, gen: torch.Generator | None, p_intensity: float = 0.9,
+                    p_shuffle: float = 0.5, p_paint: float = 0.9) -> torch.Tensor:
+    """Models Genesis corruptions [95]: non-linear intensity, local pixel shuffling,
+    and in-painting or out-painting with noise."""
+    x = x.clone()
+    size = list(x.shape[2:])
+    use = torch.rand(x.shape[0], generator=gen) < p_intensity
+    if use.any():
+        x[use] = bezier_intensity(x[use], gen)
+    for i in range(x.shape[0]):
+        if torch.rand((), generator=gen) < p_shuffle:
+            for _ in range(8):
+                box = _box(size, 0.05, 0.2, gen)
+                patch = x[(i, slice(None), *box)]
+                flat = patch.reshape(patch.shape[0], -1)
+                perm = torch.randperm(flat.shape[1], generator=gen).to(x.device)
+                x[(i, slice(None), *box)] = flat[:, perm].reshape(patch.shape)
+        if torch.rand((), generator=gen) < p_paint:
+            if torch.rand((), generator=gen) < 0.5:  # in-painting
+                for _ in range(3):
+                    box = _box(size, 0.1, 0.3, gen)
+                    x[(i, slice(None), *box)] = torch.rand(
+                        x[(i, slice(None), *box)].shape, generator=gen).to(x.device)
+            else:  # out-painting
+                keep = _box(size, 0.4, 0.7, gen)
+                kept = x[(i, slice(None), *keep)].clone()
+                x[i] = torch.rand(x[i].shape, generator=gen).to(x.device)
+                x[(i, slice(None), *keep)] = kept
+    return x
+
+
+def swap_patches(x: torch.Tensor, gen: torch.Generator | None, swaps: int = 10,
+                 fraction: float = 0.1) -> torch.Tensor:
+    """Context restoration [9]: swap pairs of same-sized patches; intensities are kept,
+    only the layout is disturbed."""
+    x = x.clone()
+    size = list(x.shape[2:])
+    side = [max(1, int(s * fraction)) for s in size]
+    for i in range(x.shape[0]):
+        for _ in range(swaps):
+            a = [int(torch.randint(0, s - p + 1, (1,), generator=gen)) for s, p in
+                 zip(size, side, strict=True)]
+            b = [int(torch.randint(0, s - p + 1, (1,), generator=gen)) for s, p in
+                 zip(size, side, strict=True)]
+            sa = tuple(slice(u, u + p) for u, p in zip(a, side, strict=True))
+            sb = tuple(slice(u, u + p) for u, p in zip(b, side, strict=True))
+            pa = x[(i, slice(None), *sa)].clone()
+            x[(i, slice(None), *sa)] = x[(i, slice(None), *sb)]
+            x[(i, slice(None), *sb)] = pa
+    return x
+
+
+class Restoration(Objective):
+    """Encoder-decoder restoration of corrupted images; `corruption` picks the scheme."""
+
+    def __init__(self, encoder: nn.Module, corruption: str = "genesis"):
+        super().__init__()
+        self.encoder, self.corruption = encoder, corruption
+        dims = encoder.net.conv1.weight.dim() - 2
+        channels = encoder.net.conv1.in_channels
+        self.decoder = Decoder(encoder.feature_dim, channels, dims)
+
+    def corrupt(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return genesis_corrupt(x, gen) if self.corruption == "genesis" else swap_patches(x, gen)
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        clean = augment(x, policy, gen)
+        restored = self.decoder(feature_map(self.encoder, standardise(self.corrupt(clean, gen))),
+                                list(x.shape[2:]))
+        return torch.nn.functional.mse_loss(restored, standardise(clean))
+
+
+class ModelsGenesis(Restoration):
+    """Zhou et al. 2019 (review [95])."""
+
+    def __init__(self, encoder: nn.Module):
+        super().__init__(encoder, "genesis")
+
+
+class ContextRestoration(Restoration):
+    """Chen et al. 2019 (review [9])."""
+
+    def __init__(self, encoder: nn.Module, swaps: int = 10):
+        super().__init__(encoder, "swap")

@@ -1,0 +1,47 @@
+"""Catalog method id -> implementation, and which encoder family each one needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .base import Objective, ObjectiveError
+from .contrastive import DenseContrast, MICLe, MoCoV2, SimCLR
+from .generative import MAE, ContextRestoration, ModelsGenesis, SimMIM
+from .hybrid import ContrastiveRestoration
+from .jepa import IJEPA
+from .noncontrastive import BYOL, DINO, BarlowTwins
+from .predictive import Jigsaw, RotationPrediction, RubiksCube
+
+OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
+    "simclr": (SimCLR, "cnn"),
+    "moco_v2": (MoCoV2, "cnn"),
+    "micle": (MICLe, "cnn"),
+    "dense_contrast": (DenseContrast, "cnn"),
+    "vox2vec": (DenseContrast, "cnn"),
+    "byol": (BYOL, "cnn"),
+    "dino": (DINO, "any"),
+    "barlow_twins": (BarlowTwins, "any"),
+    "rotation_prediction": (RotationPrediction, "any"),
+    "jigsaw": (Jigsaw, "any"),
+    "rubiks_cube": (RubiksCube, "any"),
+    "mae": (MAE, "vit"),
+    "simmim": (SimMIM, "vit"),
+    "models_genesis": (ModelsGenesis, "cnn"),
+    "context_restoration": (ContextRestoration, "cnn"),
+    "ijepa": (IJEPA, "vit"),
+    "contrastive_reconstruction": (ContrastiveRestoration, "cnn"),
+}
+
+
+def build_objective(method_id: str, encoder: nn.Module, **hyperparameters: Any) -> Objective:
+    """Instantiate an objective; unknown hyperparameters are an error, not ignored."""
+    if method_id not in OBJECTIVES:
+        raise ObjectiveError(f"no implementation for '{method_id}'; implemented: "
+                             f"{', '.join(sorted(OBJECTIVES))}")
+    cls, _ = OBJECTIVES[method_id]
+    try:
+        return cls(encoder, **hyperparameters)
+    except TypeError as err:
+        raise ObjectiveError(f"bad hyperparameters for {method_id}: {err}") from None
