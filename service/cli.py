@@ -190,5 +190,58 @@ def list_methods(
     console.print(table)
 
 
+@app.command("eval")
+def evaluate(
+    dataset: Annotated[str, typer.Option(help="e.g. pneumoniamnist, breastmnist, bccd_28")],
+    encoder: Annotated[str | None, typer.Option(help="Local zoo encoder; omit for the "
+                                                "random-init baseline only.")] = None,
+    architecture: Annotated[str, typer.Option(help="Baseline architecture.")] = "resnet18",
+    fractions: Annotated[str, typer.Option(help="Label fractions.")] = "0.01,0.1,1",
+    seeds: Annotated[str, typer.Option()] = "0,1,2",
+    protocols: Annotated[str, typer.Option(help="linear_probe,knn,fine_tune")]
+    = "linear_probe,knn",
+    fine_tune_epochs: Annotated[int, typer.Option()] = 10,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Linear probe, kNN and fine-tuning at label fractions, with the random-init baseline."""
+    import torch
+
+    from zoo.architectures import build_encoder
+    from zoo.build import EvalPlan, evaluate_encoder
+    from zoo.data import DataError, load_dataset
+
+    try:
+        ds = load_dataset(dataset)
+    except DataError as e:
+        err_console.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2) from None
+    frac = [float(f) for f in fractions.split(",")]
+    plan = EvalPlan(fractions=frac, seeds=[int(s) for s in seeds.split(",")],
+                    protocols=protocols.split(","), fine_tune_fractions=frac,
+                    fine_tune_seeds=[int(s) for s in seeds.split(",")],
+                    fine_tune_epochs=fine_tune_epochs)
+    results = []
+    if encoder:
+        from zoo import load_encoder
+
+        results += evaluate_encoder(load_encoder(encoder), ds, plan, "", err_console.print)
+    torch.manual_seed(0)
+    baseline = build_encoder(architecture, ds.spatial_dims, ds.channels, ds.image_size,
+                             {"widths": [16, 32, 64, 128]} if architecture.startswith("resnet")
+                             else {})
+    results += evaluate_encoder(baseline, ds, plan, "random_init_", err_console.print)
+    if as_json:
+        typer.echo(json.dumps({"data": results, "count": len(results)}))
+        return
+    table = Table(title=f"{dataset} (test split)")
+    for col in ("protocol", "labels", "metric", "mean", "spread", "seeds"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r["protocol"], f"{r['label_fraction']:.0%}", r["metric"],
+                      f"{r['value']:.3f}", "" if r["spread"] is None else f"{r['spread']:.3f}",
+                      ",".join(map(str, r["seeds"])))
+    console.print(table)
+
+
 if __name__ == "__main__":
     app()

@@ -175,3 +175,46 @@ def push(name: str, repo: Annotated[str, typer.Option(help="ORG/REPO on the Hub.
             err.print(f"[red]error[/red] {e}")
             raise typer.Exit(1) from None
     console.print(f"pushed {name} to {repo} ({commit})")
+
+
+@app.command()
+def build(recipes: Annotated[list[str] | None, typer.Argument(
+              help="Recipe names (zoo/recipes/*.yaml); all when none given.")] = None,
+          out: Annotated[Path | None, typer.Option(help="Output folder (default zoo/seed).")]
+          = None,
+          register: Annotated[bool, typer.Option(help="Register in the local zoo.")] = True
+          ) -> None:
+    """Pretrain, evaluate and register encoders from recipes (progress shown per epoch)."""
+    from zoo.build import build as build_one
+    from zoo.build import load_recipes, register_seed_zoo
+    from zoo.local import local_registry
+
+    from .config import get_settings
+    from .db import make_engine
+    from .migrate import upgrade
+
+    try:
+        selected = load_recipes(recipes)
+    except ValueError as e:
+        err.print(f"[red]error[/red] {e}")
+        raise typer.Exit(2) from None
+    built = []
+    for _, recipe in selected:
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} steps"), console=console,
+                      transient=True) as progress:
+            task = progress.add_task(recipe.name, total=None)
+
+            def step(done: int, total: int, task=task) -> None:  # noqa: ANN001
+                progress.update(task, completed=done, total=total)
+
+            built.append(build_one(recipe, out, log=progress.console.print, on_step=step))
+    if register:
+        settings = get_settings()
+        engine = make_engine(settings)
+        upgrade(engine)
+        engine.dispose()
+        with local_registry(settings.home, settings.database_url) as registry:
+            for folder in built:
+                added = register_seed_zoo(registry, folder.parent, log=err.print)
+                console.print(f"registered: {', '.join(added) or 'nothing new'}")

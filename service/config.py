@@ -27,6 +27,7 @@ class Settings(BaseSettings):
                                   description="Largest encoder or dataset upload.")
     max_embed_bytes: int = Field(32 * 1024 * 1024, ge=1024,
                                  description="Largest image batch for /embed.")
+    seed_zoo: bool = Field(True, description="Register the shipped seed encoders at start-up.")
     api_tokens: str = Field("", description="user=token pairs, comma-separated.")
     admin_tokens: str = Field("", description="Tokens that may see and act on everything.")
     host: str = "127.0.0.1"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,11 +22,25 @@ from .response_cache import RawResponseCache
 from .routers import encoders, health, hf, knowledge, methods, recommendations
 from .zoo_state import ZooState
 
+log = logging.getLogger("taskalign")
+
 API_DESCRIPTION = """
 TaskAlign turns the 2026 review of task-aligned self-supervised learning in medical imaging
 into executable guidance: describe your task, modality, labels and data, and get ranked
 pretext methods with hyperparameters, augmentations, warnings and the evidence behind them.
 """
+
+
+def _register_seeds(zoo: ZooState) -> None:
+    from zoo.build import register_seed_zoo
+
+    try:
+        added = register_seed_zoo(zoo.registry, log=log.warning)
+        if added:
+            log.info("registered %d seed encoders: %s", len(added), ", ".join(added))
+    except Exception:  # a broken seed must not take the API down
+        log.exception("seed zoo registration failed")
+    zoo.invalidate()
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -38,6 +54,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         ping(db_engine)  # creates the SQLite file, or fails start-up if the database is down
+        if settings.seed_zoo:
+            # ONNX export takes seconds per encoder: register in the background and serve now.
+            threading.Thread(target=_register_seeds, args=(zoo,), daemon=True,
+                             name="seed-zoo").start()
         yield
         db_engine.dispose()
 

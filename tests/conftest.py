@@ -43,7 +43,7 @@ def postgres_available() -> str | None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "var", data_dir=None)
+    return Settings(home=tmp_path / "var", data_dir=None, seed_zoo=False)
 
 
 @pytest.fixture
@@ -80,7 +80,7 @@ class Server:
     def __init__(self, home: Path, **env: str):
         self.home, self.port = home, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "TASKALIGN_HOME": str(home),
+        full_env = {**os.environ, "TASKALIGN_HOME": str(home), "TASKALIGN_SEED_ZOO": "false",
                     "TASKALIGN_LOG_LEVEL": "warning", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],

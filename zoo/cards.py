@@ -56,7 +56,7 @@ class Evaluation(BaseModel):
 
     dataset: str
     protocol: Literal["linear_probe", "knn", "fine_tune", "random_init_fine_tune",
-                      "random_init_linear_probe", "supervised_scratch"]
+                      "random_init_linear_probe", "random_init_knn"]
     label_fraction: float = Field(ge=0, le=1)
     metric: str
     value: float
