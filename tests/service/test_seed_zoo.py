@@ -1,0 +1,54 @@
+"""The shipped seed zoo: registered at start-up on a fresh home, with honest cards."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server
+from zoo.build import load_recipes, seed_folders
+
+SEEDS = seed_folders()
+
+
+def test_seed_files_fit_the_repository_budget() -> None:
+    if not SEEDS:
+        pytest.skip("no seed encoders built yet (taskalign zoo build)")
+    sizes = [(p / "model.safetensors").stat().st_size for p in SEEDS]
+    assert max(sizes) < 8 * 1024 * 1024
+    assert sum(sizes) < 60 * 1024 * 1024
+
+
+def test_every_seed_card_reports_its_random_init_baseline() -> None:
+    if not SEEDS:
+        pytest.skip("no seed encoders built yet")
+    recipes = {r.name for _, r in load_recipes()}
+    for folder in SEEDS:
+        card = json.loads((folder / "card.json").read_text())
+        assert card["name"] in recipes
+        protocols = {(e["protocol"], e["label_fraction"]) for e in card["evaluation"]}
+        assert ("linear_probe", 0.1) in protocols
+        assert ("random_init_linear_probe", 0.1) in protocols
+
+
+def test_fresh_server_registers_the_seed_zoo(tmp_path: Path) -> None:
+    if not SEEDS:
+        pytest.skip("no seed encoders built yet")
+    server = Server(tmp_path, TASKALIGN_SEED_ZOO="true")
+    try:
+        deadline = time.monotonic() + 300
+        count = 0
+        while time.monotonic() < deadline:
+            count = httpx.get(f"{server.url}/v1/encoders").json()["count"]
+            if count == len(SEEDS):
+                break
+            time.sleep(1)
+        assert count == len(SEEDS)
+        listed = httpx.get(f"{server.url}/v1/encoders", params={"limit": 100}).json()["data"]
+        assert {e["method_id"] for e in listed} >= {"simclr"}
+    finally:
+        server.stop()
