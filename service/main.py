@@ -19,7 +19,7 @@ from .db import make_engine, ping, session_factory
 from .limits import BodySizeLimit
 from .migrate import upgrade
 from .response_cache import RawResponseCache
-from .routers import encoders, health, hf, knowledge, methods, recommendations
+from .routers import datasets, encoders, health, hf, knowledge, methods, recommendations
 from .zoo_state import ZooState
 
 log = logging.getLogger("taskalign")
@@ -75,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(methods.router)
     v1.include_router(knowledge.router)
     v1.include_router(encoders.router)
+    v1.include_router(datasets.router)
     app.include_router(health.router)
     app.include_router(v1)
     app.include_router(hf.router)
@@ -83,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                        generation=zoo.generation)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
         ("POST", "/v1/encoders", settings.max_upload_bytes),
+        ("POST", "/v1/datasets", settings.max_upload_bytes),
         ("POST", "/v1/encoders/*/embed", settings.max_embed_bytes),
     ])
     return app

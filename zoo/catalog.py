@@ -63,3 +63,26 @@ class FileRow(Base):
     size: Mapped[int] = mapped_column(Integer)
 
     revision: Mapped[RevisionRow] = relationship(back_populates="files")
+
+
+class DatasetRow(Base):
+    """A validated dataset, stored as one canonical npz blob (or a registered path)."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), index=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # npz | folder | path
+    sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    size: Mapped[int] = mapped_column(Integer)
+    modality: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    spatial_dims: Mapped[int] = mapped_column(Integer)
+    channels: Mapped[int] = mapped_column(Integer)
+    image_size: Mapped[list[int]] = mapped_column(JSON)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (UniqueConstraint("owner", "name"),)

@@ -1,0 +1,176 @@
+"""Dataset uploads over the ASGI app with real files; refusals leave nothing behind."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from service.config import Settings
+from service.main import create_app
+from tests.utils import DATA_DIR, medmnist, png_bytes
+
+pytestmark = pytest.mark.anyio
+ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789", "admin-token-0123456789"
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
+    settings = Settings(home=tmp_path / "var", data_dir=DATA_DIR, seed_zoo=False,
+                        api_tokens=f"alice={ALICE},bob={BOB}", admin_tokens=ADMIN,
+                        max_upload_bytes=8 * 1024 * 1024)
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        yield client, settings.home
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def state(home: Path) -> set[str]:
+    return {p.name for p in (home / "artifacts" / "blobs").glob("*/*")}
+
+
+async def rows(client: httpx.AsyncClient) -> int:
+    return (await client.get("/v1/datasets", headers=auth(ADMIN))).json()["count"]
+
+
+def zip_of_images(n: int = 24, extra: dict[str, bytes] | None = None) -> bytes:
+    images, labels = medmnist("pneumoniamnist", split="test", n=n)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["filename", "label", "split"])
+        for i, (im, y) in enumerate(zip(images, labels[:, 0], strict=True)):
+            zf.writestr(f"imgs/{i}.png", png_bytes(im))
+            writer.writerow([f"imgs/{i}.png", ["normal", "pneumonia"][int(y)],
+                             "test" if i % 4 == 0 else "train"])
+        zf.writestr("labels.csv", out.getvalue())
+        for name, data in (extra or {}).items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+async def test_upload_real_npz_and_summary(api) -> None:  # noqa: ANN001
+    client, _ = api
+    data = (DATA_DIR / "medmnist" / "breastmnist.npz").read_bytes()
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("breastmnist.npz", data)},
+                          data={"name": "breast", "modality": "US"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["modality"] == "ultrasound" and body["kind"] == "npz"
+    splits = body["summary"]["splits"]
+    assert [splits[s]["images"] for s in ("train", "val", "test")] == [546, 78, 156]
+    assert splits["train"]["per_class"] == {"0": 147, "1": 399}
+    got = await client.get(f"/v1/datasets/{body['id']}", headers=auth(ALICE))
+    assert got.json()["image_size"] == [28, 28] and got.json()["channels"] == 1
+
+
+async def test_upload_zip_of_images(api) -> None:  # noqa: ANN001
+    client, _ = api
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("xr.zip", zip_of_images())}, data={"name": "xr"})
+    assert r.status_code == 201, r.text
+    s = r.json()["summary"]
+    assert s["splits"]["train"]["images"] == 18 and s["splits"]["test"]["images"] == 6
+    assert s["labels"] == ["normal", "pneumonia"]
+
+
+@pytest.mark.parametrize(("filename", "payload", "message"), [
+    ("evil.zip", "traversal", "outside the archive"),
+    ("bomb.zip", "bomb", "zip bomb"),
+    ("float.npz", "float", "dtype"),
+    ("keys.npz", "keys", "lacks"),
+    ("oneclass.npz", "oneclass", "train lacks classes"),
+    ("data.csv", "csv", "upload a .npz"),
+    ("fake.npz", "fake", "not an npz"),
+])
+async def test_refused_uploads_leave_nothing(api, filename: str, payload: str,  # noqa: ANN001
+                                             message: str) -> None:
+    client, home = api
+    if payload == "traversal":
+        data = zip_of_images(extra={"../../escape.txt": b"x"})
+    elif payload == "bomb":
+        data = zip_of_images(extra={"zeros.bin": b"\0" * (6 * 1024 * 1024)})
+    elif payload in ("float", "keys", "oneclass"):
+        arrays = {f"{s}_{k}": (np.zeros((4, 28, 28), np.uint8) if k == "images"
+                               else np.array([[0], [1], [0], [1]], np.uint8))
+                  for s in ("train", "val", "test") for k in ("images", "labels")}
+        if payload == "float":
+            arrays["train_images"] = arrays["train_images"].astype(np.float32)
+        if payload == "keys":
+            del arrays["val_labels"]
+        if payload == "oneclass":
+            arrays["train_labels"] = np.array([[0], [0], [0], [0]], np.uint8)
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        data = buf.getvalue()
+    else:
+        data = b"not,a,dataset\n"
+    before_blobs, before_rows = state(home), await rows(client)
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": (filename, data)}, data={"name": f"bad-{payload}"})
+    assert r.status_code == 422, r.text
+    assert message in json.dumps(r.json())
+    assert state(home) == before_blobs and await rows(client) == before_rows
+
+
+async def test_oversize_and_token(api) -> None:  # noqa: ANN001
+    client, home = api
+    big = b"PK" + b"\0" * (9 * 1024 * 1024)
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("big.npz", big)}, data={"name": "big"})
+    assert r.status_code == 413
+    r = await client.post("/v1/datasets", files={"file": ("x.npz", b"PK")}, data={"name": "x"})
+    assert r.status_code == 401
+    assert (await client.get("/v1/datasets")).status_code == 401
+    assert state(home) == set()
+
+
+async def test_register_path_inside_data_dir_only(api, tmp_path: Path) -> None:  # noqa: ANN001
+    client, _ = api
+    ok = await client.post("/v1/datasets", headers=auth(BOB), json={
+        "name": "pneumonia", "path": str(DATA_DIR / "medmnist" / "pneumoniamnist.npz"),
+        "modality": "cxr"})
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["kind"] == "path" and ok.json()["modality"] == "xray"
+    outside = tmp_path / "x.npz"
+    outside.write_bytes((DATA_DIR / "medmnist" / "breastmnist.npz").read_bytes())
+    bad = await client.post("/v1/datasets", headers=auth(BOB),
+                            json={"name": "sneaky", "path": str(outside)})
+    assert bad.status_code == 422 and "must lie under" in json.dumps(bad.json())
+
+
+async def test_owners_see_their_own(api) -> None:  # noqa: ANN001
+    client, _ = api
+    data = (DATA_DIR / "medmnist" / "breastmnist.npz").read_bytes()
+    a = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("b.npz", data)}, data={"name": "mine"})
+    dup = await client.post("/v1/datasets", headers=auth(ALICE),
+                            files={"file": ("b.npz", data)}, data={"name": "mine"})
+    assert dup.status_code == 409
+    other = await client.post("/v1/datasets", headers=auth(BOB),
+                              files={"file": ("b.npz", data)}, data={"name": "mine"})
+    assert other.status_code == 201
+    assert (await client.get("/v1/datasets", headers=auth(ALICE))).json()["count"] == 1
+    assert (await client.get(f"/v1/datasets/{other.json()['id']}",
+                             headers=auth(ALICE))).status_code == 404
+    assert (await client.get(f"/v1/datasets/{a.json()['id']}",
+                             headers=auth(ADMIN))).status_code == 200
+    assert (await client.get("/v1/datasets", headers=auth(ADMIN))).json()["count"] == 2

@@ -1,0 +1,142 @@
+"""Turn uploaded data into a validated dataset, or refuse it with the reason.
+
+Zip archives are read entry by entry: absolute paths, `..`, links, too many files, too
+many uncompressed bytes and extreme compression ratios are refused before anything is
+written; extraction goes into a private temporary folder.
+"""
+
+from __future__ import annotations
+
+import io
+import stat
+import tempfile
+import zipfile
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+
+from .data import SPLITS, DataError, Dataset, load_folder, load_npz
+
+MAX_ENTRIES = 100_000
+MAX_RATIO = 200
+
+
+def summarise(ds: Dataset) -> dict[str, Any]:
+    counts = {}
+    for s, split in ds.splits.items():
+        values, n = torch.unique(split.labels, return_counts=True)
+        counts[s] = {"images": len(split), "per_class": {str(int(v)): int(c) for v, c in
+                                                          zip(values, n, strict=True)}}
+    return {"splits": counts, "spatial_dims": ds.spatial_dims, "channels": ds.channels,
+            "image_size": ds.image_size, "num_classes": ds.num_classes,
+            "labels": ds.info.get("labels")}
+
+
+def check(ds: Dataset) -> None:
+    """Rules every accepted dataset meets, beyond what the loaders check."""
+    k = ds.num_classes
+    if k < 2:
+        raise DataError("need at least two classes")
+    train_classes = set(torch.unique(ds.splits["train"].labels).tolist())
+    missing = sorted(set(range(k)) - train_classes)
+    if missing:
+        raise DataError(f"labels must be 0..{k - 1} with every class in train; train lacks "
+                        f"classes {missing}")
+    for s in SPLITS:
+        if len(ds.splits[s]) == 0 and s != "val":
+            raise DataError(f"the {s} split is empty")
+    if min(ds.image_size) < 8 or max(ds.image_size) > 512:
+        raise DataError(f"image size {ds.image_size} outside 8..512")
+    if ds.channels not in (1, 3):
+        raise DataError(f"{ds.channels} channels; 1 (gray) or 3 (RGB) are supported")
+
+
+def from_npz_bytes(data: bytes, name: str) -> Dataset:
+    if data[:2] != b"PK":
+        raise DataError("not an npz file (an npz is a zip of .npy arrays)")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "upload.npz"
+        path.write_bytes(data)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                members = zf.infolist()
+                guard_zip(members, limit=len(data) * MAX_RATIO)
+        except zipfile.BadZipFile:
+            raise DataError("corrupt npz archive") from None
+        ds = load_npz(path, name)
+    _no_nan(ds)
+    check(ds)
+    return ds
+
+
+def guard_zip(members: list[zipfile.ZipInfo], limit: int) -> None:
+    if len(members) > MAX_ENTRIES:
+        raise DataError(f"archive has {len(members)} entries; at most {MAX_ENTRIES}")
+    total = 0
+    for m in members:
+        p = PurePosixPath(m.filename)
+        if p.is_absolute() or ".." in p.parts or m.filename.startswith(("/", "\\")) \
+                or "\\" in m.filename or ":" in p.parts[0]:
+            raise DataError(f"archive entry '{m.filename}' points outside the archive")
+        mode = m.external_attr >> 16
+        if stat.S_ISLNK(mode):
+            raise DataError(f"archive entry '{m.filename}' is a link")
+        if m.compress_size and m.file_size / max(m.compress_size, 1) > MAX_RATIO:
+            raise DataError(f"archive entry '{m.filename}' expands {m.file_size} bytes from "
+                            f"{m.compress_size}: refused as a possible zip bomb")
+        total += m.file_size
+        if total > limit:
+            raise DataError(f"archive expands to more than {limit} bytes")
+
+
+def from_zip_bytes(data: bytes, name: str, max_bytes: int, channels: int = 1) -> Dataset:
+    """A zip of images with labels.csv (filename,label[,split,group])."""
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise DataError("not a readable zip archive") from None
+    with zf, tempfile.TemporaryDirectory() as tmp:
+        members = zf.infolist()
+        guard_zip(members, limit=max_bytes)
+        root = Path(tmp).resolve()
+        for m in members:
+            if m.is_dir():
+                continue
+            target = (root / m.filename).resolve()
+            if root not in target.parents:
+                raise DataError(f"archive entry '{m.filename}' points outside the archive")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with zf.open(m) as src, open(target, "wb") as dst:
+                remaining = m.file_size + 1
+                while chunk := src.read(1 << 20):
+                    remaining -= len(chunk)
+                    if remaining < 0:  # the header lied about the size
+                        raise DataError(f"archive entry '{m.filename}' is larger than declared")
+                    dst.write(chunk)
+        csvs = [p for p in root.rglob("labels.csv")]
+        if len(csvs) != 1:
+            raise DataError("the archive must contain exactly one labels.csv")
+        ds = load_folder(csvs[0].parent, csvs[0], channels=channels)
+    ds.name = name
+    check(ds)
+    return ds
+
+
+def _no_nan(ds: Dataset) -> None:
+    for s, split in ds.splits.items():
+        if split.images.dtype.is_floating_point and not torch.isfinite(split.images).all():
+            raise DataError(f"{s}_images contains NaN or infinite values")
+
+
+def to_npz_bytes(ds: Dataset) -> bytes:
+    """The canonical stored form: MedMNIST keys, channels-first uint8."""
+    arrays = {}
+    for s, split in ds.splits.items():
+        images = split.images.numpy()
+        arrays[f"{s}_images"] = images[:, 0] if ds.channels == 1 else np.moveaxis(images, 1, -1)
+        arrays[f"{s}_labels"] = split.labels.numpy().astype(np.uint8)[:, None]
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    return buf.getvalue()
