@@ -190,6 +190,33 @@ def list_methods(
     console.print(table)
 
 
+@app.command()
+def worker() -> None:
+    """Run a job worker on its own (the API runs one too unless TASKALIGN_WORKER=false)."""
+    import logging
+    import signal
+    import threading
+
+    from zoo.storage import BlobStore  # noqa: F401  (import cost paid before claiming)
+
+    from .config import get_settings
+    from .db import make_engine, session_factory
+    from .jobs.worker import LocalWorker
+    from .migrate import upgrade
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = get_settings()
+    engine = make_engine(settings)
+    upgrade(engine)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    w = LocalWorker(session_factory(engine), settings.home,
+                    stale_after=settings.job_stale_seconds)
+    console.print(f"worker {w.id}: {w.slots} slot(s), polling {settings.resolved_database_url()}")
+    w.run(stop)
+
+
 @app.command("eval")
 def evaluate(
     dataset: Annotated[str, typer.Option(help="e.g. pneumoniamnist, breastmnist, bccd_28")],

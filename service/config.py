@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_embed_bytes: int = Field(32 * 1024 * 1024, ge=1024,
                                  description="Largest image batch for /embed.")
     seed_zoo: bool = Field(True, description="Register the shipped seed encoders at start-up.")
+    worker: bool = Field(True, description="Run a local job worker inside the API process.")
+    job_stale_seconds: float = Field(15.0, gt=0, description="Heartbeat age that counts as a "
+                                     "dead worker.")
     api_tokens: str = Field("", description="user=token pairs, comma-separated.")
     admin_tokens: str = Field("", description="Tokens that may see and act on everything.")
     host: str = "127.0.0.1"

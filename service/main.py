@@ -19,7 +19,7 @@ from .db import make_engine, ping, session_factory
 from .limits import BodySizeLimit
 from .migrate import upgrade
 from .response_cache import RawResponseCache
-from .routers import datasets, encoders, health, hf, knowledge, methods, recommendations
+from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
 from .zoo_state import ZooState
 
 log = logging.getLogger("taskalign")
@@ -58,7 +58,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # ONNX export takes seconds per encoder: register in the background and serve now.
             threading.Thread(target=_register_seeds, args=(zoo,), daemon=True,
                              name="seed-zoo").start()
+        stop = threading.Event()
+        if settings.worker:
+            from .jobs.worker import LocalWorker
+
+            worker = LocalWorker(zoo.registry.sessions, settings.home,
+                                 stale_after=settings.job_stale_seconds)
+            threading.Thread(target=worker.run, args=(stop,), daemon=True,
+                             name="job-worker").start()
         yield
+        stop.set()
         db_engine.dispose()
 
     app = FastAPI(title="TaskAlign", version="0.1.0", description=API_DESCRIPTION,
@@ -76,6 +85,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     v1.include_router(knowledge.router)
     v1.include_router(encoders.router)
     v1.include_router(datasets.router)
+    v1.include_router(jobs.router)
     app.include_router(health.router)
     app.include_router(v1)
     app.include_router(hf.router)

@@ -43,7 +43,7 @@ def postgres_available() -> str | None:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "var", data_dir=None, seed_zoo=False)
+    return Settings(home=tmp_path / "var", data_dir=None, seed_zoo=False, worker=False)
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ class Server:
         self.home, self.port = home, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = {**os.environ, "TASKALIGN_HOME": str(home), "TASKALIGN_SEED_ZOO": "false",
-                    "TASKALIGN_LOG_LEVEL": "warning", **env}
+                    "TASKALIGN_WORKER": "false", "TASKALIGN_LOG_LEVEL": "warning", **env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service.cli", "serve", "--port", str(self.port)],
             env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -118,9 +118,10 @@ class FineTuneConfig:
 def fine_tune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tensor,
               val_images: torch.Tensor, val_y: torch.Tensor, test_images: torch.Tensor,
               classes: int, config: FineTuneConfig,
-              on_epoch: Callable[[int, float], None] | None = None) -> torch.Tensor:
+              on_epoch: Callable[[int, float], None] | None = None,
+              return_model: bool = False) -> torch.Tensor | tuple[torch.Tensor, nn.Module]:
     """Train encoder + linear head end to end (Adam, cosine schedule); keep the epoch with
-    the best validation AUC; return test probabilities."""
+    the best validation AUC; return test probabilities (and the model if asked)."""
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -152,7 +153,8 @@ def fine_tune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Ten
             best, best_state = val, copy.deepcopy(model.state_dict())
     if best_state is not None:
         model.load_state_dict(best_state)
-    return _predict(model, test_images, device)
+    probs = _predict(model, test_images, device)
+    return (probs, model.cpu()) if return_model else probs
 
 
 @torch.inference_mode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+import service.jobs.models  # noqa: F401  (registers the job tables)
 from zoo.catalog import Base
 
 config = context.config

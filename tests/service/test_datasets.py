@@ -30,7 +30,7 @@ def anyio_backend() -> str:
 async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Path]]:
     settings = Settings(home=tmp_path / "var", data_dir=DATA_DIR, seed_zoo=False,
                         api_tokens=f"alice={ALICE},bob={BOB}", admin_tokens=ADMIN,
-                        max_upload_bytes=8 * 1024 * 1024)
+                        max_upload_bytes=8 * 1024 * 1024, worker=False)
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://testserver") as client:

@@ -4,6 +4,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
+import service.jobs.models  # noqa: F401
 from service.migrate import upgrade
 from zoo.catalog import Base
 

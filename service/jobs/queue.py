@@ -1,0 +1,161 @@
+"""Queue operations on the jobs table, the same code on SQLite and PostgreSQL.
+
+A claim selects queued jobs (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite ignores the
+clause and serialises writers) and then flips one with a conditional UPDATE whose row
+count proves the claim, so no job ever runs twice at once.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import TERMINAL, JobEventRow, JobRow
+
+
+class JobConflict(ValueError):
+    pass
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def aware(value: datetime | None) -> datetime | None:
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)  # SQLite hands timestamps back without a zone
+
+
+def event(session: Session, job_id: int, kind: str, data: dict[str, Any]) -> None:
+    session.add(JobEventRow(job_id=job_id, type=kind, data=data, created_at=utcnow()))
+
+
+def submit(sessions: sessionmaker[Session], owner: str, kind: str, request: dict[str, Any],
+           params: dict[str, Any], idempotency_key: str | None) -> tuple[JobRow, bool]:
+    """Insert a queued job; with a known idempotency key return the existing one."""
+    with sessions.begin() as session:
+        if idempotency_key:
+            existing = session.scalars(select(JobRow).where(
+                JobRow.owner == owner, JobRow.idempotency_key == idempotency_key)).first()
+            if existing is not None:
+                if existing.request != request:
+                    raise JobConflict("this Idempotency-Key was used for a different request")
+                return existing, False
+        now = utcnow()
+        job = JobRow(owner=owner, type=kind, status="queued", idempotency_key=idempotency_key,
+                     request=request, params=params, attempts=0, max_attempts=2,
+                     cancel_requested=False, progress={}, metrics={}, created_at=now,
+                     updated_at=now)
+        session.add(job)
+        session.flush()
+        event(session, job.id, "status", {"status": "queued"})
+        return job, True
+
+
+def claim(sessions: sessionmaker[Session], worker: str) -> JobRow | None:
+    with sessions.begin() as session:
+        ids = session.scalars(select(JobRow.id).where(JobRow.status == "queued")
+                              .order_by(JobRow.id).limit(8)
+                              .with_for_update(skip_locked=True)).all()
+        for job_id in ids:
+            now = utcnow()
+            done = session.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
+                .values(status="running", worker=worker, heartbeat_at=now, started_at=now,
+                        attempts=JobRow.attempts + 1, updated_at=now))
+            if done.rowcount == 1:
+                job = session.get(JobRow, job_id)
+                event(session, job_id, "status", {"status": "running", "worker": worker,
+                                                  "attempt": job.attempts})
+                return job
+    return None
+
+
+def heartbeat(sessions: sessionmaker[Session], job_id: int, worker: str) -> bool:
+    """Record liveness; returns whether cancellation was requested."""
+    with sessions.begin() as session:
+        session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker,
+                                             JobRow.status == "running")
+                        .values(heartbeat_at=utcnow()))
+        return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
+
+
+def finish(sessions: sessionmaker[Session], job_id: int, status: str, error: str | None = None,
+           result: dict[str, Any] | None = None) -> None:
+    with sessions.begin() as session:
+        job = session.get(JobRow, job_id)
+        if job is None or job.status in TERMINAL:
+            return
+        now = utcnow()
+        job.status, job.error, job.finished_at, job.updated_at = status, error, now, now
+        if result is not None:
+            job.result = result
+        event(session, job_id, "status", {"status": status, **({"error": error} if error
+                                                                else {})})
+
+
+def reap(sessions: sessionmaker[Session], stale_after: float) -> list[int]:
+    """Jobs whose worker stopped heartbeating: retried once, then failed with the reason."""
+    touched = []
+    limit = utcnow() - timedelta(seconds=stale_after)
+    with sessions.begin() as session:
+        running = session.scalars(select(JobRow).where(JobRow.status == "running")
+                                  .with_for_update(skip_locked=True)).all()
+        for job in running:
+            if aware(job.heartbeat_at) and aware(job.heartbeat_at) >= limit:
+                continue
+            now = utcnow()
+            why = f"worker {job.worker} stopped heartbeating during attempt {job.attempts}"
+            if job.cancel_requested:
+                job.status, job.finished_at = "cancelled", now
+                event(session, job.id, "status", {"status": "cancelled", "reason": why})
+            elif job.attempts < job.max_attempts:
+                job.status, job.worker, job.heartbeat_at = "queued", None, None
+                event(session, job.id, "status", {"status": "queued", "retry": True,
+                                                  "reason": why})
+            else:
+                job.status, job.finished_at = "failed", now
+                job.error = f"{why}; no attempts left ({job.attempts} of {job.max_attempts})"
+                event(session, job.id, "status", {"status": "failed", "error": job.error})
+            job.updated_at = now
+            touched.append(job.id)
+    return touched
+
+
+def request_cancel(sessions: sessionmaker[Session], job_id: int) -> JobRow:
+    with sessions.begin() as session:
+        job = session.get(JobRow, job_id, with_for_update=True)
+        if job.status in TERMINAL:
+            raise JobConflict(f"job {job_id} already {job.status}")
+        now = utcnow()
+        if job.status == "queued":
+            job.status, job.finished_at = "cancelled", now
+            event(session, job_id, "status", {"status": "cancelled"})
+        else:
+            job.cancel_requested = True
+            event(session, job_id, "log", {"line": "cancellation requested"})
+        job.updated_at = now
+        return job
+
+
+def progress(sessions: sessionmaker[Session], job_id: int, values: dict[str, Any],
+             metrics: dict[str, Any] | None = None, line: str | None = None) -> None:
+    with sessions.begin() as session:
+        job = session.get(JobRow, job_id)
+        job.progress = {**(job.progress or {}), **values}
+        if metrics:
+            job.metrics = {**(job.metrics or {}), **metrics}
+            event(session, job_id, "metrics", {**values, **metrics})
+        if line:
+            event(session, job_id, "log", {"line": line})
+        job.updated_at = utcnow()
+
+
+def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
+    with sessions() as session:
+        return dict(session.execute(select(JobRow.status, func.count())
+                                    .group_by(JobRow.status)).all())
