@@ -66,6 +66,8 @@ def run_finetune(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, 
     log(f"{p['mode']} on {len(idx)} of {len(train)} labelled images, {k} classes, {device}")
     start = time.monotonic()
     epochs = p["epochs"]
+    queue.progress(sessions, job.id, {"phase": "training", "epoch": 0, "epochs": epochs},
+                   line="first training step")
     if p["mode"] == "linear_probe":
         queue.progress(sessions, job.id, {"epoch": 0, "epochs": 1, "phase": "features"})
         f_train = features(encoder, train.images[idx], device=torch.device(device))
