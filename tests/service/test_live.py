@@ -84,3 +84,21 @@ def test_bad_rule_file_stops_startup(tmp_path) -> None:  # noqa: ANN001
 
 def test_startup_creates_sqlite_under_home(live_server: str, live_home) -> None:  # noqa: ANN001
     assert (live_home / "taskalign.db").exists()
+
+
+def test_eval_cli_reports_the_baseline() -> None:
+    out = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--dataset",
+                          "breastmnist", "--fractions", "0.1,1", "--seeds", "0,1",
+                          "--protocols", "linear_probe,knn", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["data"]
+    protocols = {(r["protocol"], r["label_fraction"], r["metric"]) for r in rows}
+    assert ("random_init_linear_probe", 0.1, "AUC") in protocols
+    assert ("random_init_knn", 1.0, "ACC") in protocols
+    auc = next(r for r in rows if r["protocol"] == "random_init_linear_probe"
+               and r["label_fraction"] == 1.0 and r["metric"] == "AUC")
+    assert 0.5 < auc["value"] <= 1.0 and auc["seeds"] == [0, 1]
+    bad = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--dataset", "nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "unknown dataset" in bad.stderr

@@ -44,8 +44,10 @@ def mlp(dim_in: int, hidden: int, dim_out: int, last_bn: bool = False) -> nn.Seq
 class Decoder(nn.Module):
     """Upsample a ResNet feature map back to the input size (restoration objectives)."""
 
-    def __init__(self, channels_in: int, channels_out: int, dims: int, width: int = 64):
+    def __init__(self, channels_in: int, channels_out: int, dims: int, width: int | None = None):
         super().__init__()
+        # 3x3x3 convolutions at full resolution cost 27x per channel pair: keep 3D narrow.
+        width = width or (64 if dims == 2 else 16)
         conv = nn.Conv2d if dims == 2 else nn.Conv3d
         norm = nn.BatchNorm2d if dims == 2 else nn.BatchNorm3d
         self.dims = dims
