@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -191,7 +191,14 @@ def list_methods(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    executor: Annotated[str, typer.Option(help="local (child processes) or ray (a cluster)")]
+    = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray job API, e.g. "
+                                                    "http://127.0.0.1:8265")] = None,
+    slots: Annotated[int | None, typer.Option(help="Jobs at a time (default: GPUs, or 1)")]
+    = None,
+) -> None:
     """Run a job worker on its own (the API runs one too unless TASKALIGN_WORKER=false)."""
     import logging
     import signal
@@ -211,8 +218,22 @@ def worker() -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    w = LocalWorker(session_factory(engine), settings.home,
-                    stale_after=settings.job_stale_seconds)
+    if executor == "ray":
+        from .jobs.ray_executor import RayWorker
+
+        address = ray_address or settings.ray_address
+        if not address:
+            err_console.print("[red]error[/red] --executor ray needs --ray-address or "
+                              "TASKALIGN_RAY_ADDRESS")
+            raise typer.Exit(2)
+        w: Any = RayWorker(session_factory(engine), address, slots=slots or 1,
+                           stale_after=settings.job_stale_seconds)
+    elif executor == "local":
+        w = LocalWorker(session_factory(engine), settings.home, slots=slots,
+                        stale_after=settings.job_stale_seconds)
+    else:
+        err_console.print("[red]error[/red] --executor is local or ray")
+        raise typer.Exit(2)
     console.print(f"worker {w.id}: {w.slots} slot(s), polling {settings.resolved_database_url()}")
     w.run(stop)
 

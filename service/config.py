@@ -29,6 +29,8 @@ class Settings(BaseSettings):
                                  description="Largest image batch for /embed.")
     seed_zoo: bool = Field(True, description="Register the shipped seed encoders at start-up.")
     worker: bool = Field(True, description="Run a local job worker inside the API process.")
+    ray_address: str | None = Field(None, description="Ray dashboard/job API address, for "
+                                    "`taskalign worker --executor ray` and Ray job logs.")
     job_stale_seconds: float = Field(15.0, gt=0, description="Heartbeat age that counts as a "
                                      "dead worker.")
     api_tokens: str = Field("", description="user=token pairs, comma-separated.")

@@ -220,8 +220,12 @@ async def cancel_job(job_id: int, user: UserDep, zoo: ZooDep) -> JobPublic:
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
 def job_logs(job_id: int, user: UserDep, zoo: ZooDep, settings: SettingsDep) -> str:
-    """The runner's output, every attempt in order."""
-    _own(zoo, job_id, user)
+    """The runner's output, every attempt in order (from Ray for Ray-run jobs)."""
+    job = _own(zoo, job_id, user)
+    if job.worker and job.worker.startswith("ray:"):
+        from ..jobs.ray_executor import ray_logs
+
+        return ray_logs(job.worker[4:], job_id, job.attempts)
     folder = settings.home / "jobs" / str(job_id)
     parts = sorted(folder.glob("attempt-*.log")) if folder.exists() else []
     return "".join(f"--- {p.stem} ---\n{p.read_text(errors='replace')}" for p in parts)

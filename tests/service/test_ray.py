@@ -1,0 +1,87 @@
+"""The Ray executor against a real Ray head started here (not Ray's local mode): the same
+job gives the same result as under the local executor, and its logs come through Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import Server, free_port
+from tests.service.test_jobs import ALICE, ENC, TOKENS, h, job, seed_server, wait_for
+
+pytest.importorskip("ray", reason="ray is not installed (pip install 'ray[default]')")
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[str]:
+    ray = shutil.which("ray", path=os.path.dirname(sys.executable))
+    port, dash = free_port(), free_port()
+    temp = f"/tmp/rt{uuid.uuid4().hex[:6]}"
+    proc = subprocess.Popen(
+        [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+         f"--dashboard-port={dash}", "--disable-usage-stats", "--block", f"--temp-dir={temp}",
+         "--include-dashboard=true"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{dash}"
+    try:
+        wait_for(lambda: _up(url), timeout=120, every=0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # only the head this test started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/api/version", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def run_job(server: Server, ds: int) -> dict:
+    j = httpx.post(f"{server.url}/v1/jobs", headers=h(ALICE), json={
+        "type": "finetune", "encoder": ENC, "dataset_id": ds, "mode": "linear_probe",
+        "label_fraction": 0.5, "seed": 3}).json()
+    return wait_for(lambda: (x := job(server.url, j["id"]))["status"] in
+                    ("succeeded", "failed") and x, timeout=300)
+
+
+def test_same_job_same_result_under_both_executors(ray_head: str, tmp_path: Path) -> None:
+    ray_home, local_home = tmp_path / "ray", tmp_path / "local"
+    api = Server(ray_home, TASKALIGN_WORKER="false", TASKALIGN_RAY_ADDRESS=ray_head, **TOKENS)
+    env = {**os.environ, "TASKALIGN_HOME": str(ray_home), **TOKENS}
+    worker = subprocess.Popen([sys.executable, "-m", "service.cli", "worker", "--executor",
+                               "ray", "--ray-address", ray_head], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        by_ray = run_job(api, seed_server(api.url))
+        assert by_ray["status"] == "succeeded", by_ray["error"]
+        assert by_ray["worker"].startswith("ray:")
+        logs = httpx.get(f"{api.url}/v1/jobs/{by_ray['id']}/logs", headers=h(ALICE)).text
+        assert "taskalign-job-" in logs and "test AUC" in logs
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+        api.stop()
+    local = Server(local_home, TASKALIGN_WORKER="true", **TOKENS)
+    try:
+        by_local = run_job(local, seed_server(local.url))
+    finally:
+        local.stop()
+    assert by_local["status"] == "succeeded" and not by_local["worker"].startswith("ray:")
+    ray_eval, local_eval = by_ray["result"]["evaluation"], by_local["result"]["evaluation"]
+    assert ray_eval["test_auc"] == pytest.approx(local_eval["test_auc"], abs=1e-3)
+    assert ray_eval["test_acc"] == pytest.approx(local_eval["test_acc"], abs=1e-3)
