@@ -156,11 +156,13 @@ def evaluate_encoder(encoder: torch.nn.Module, ds: Dataset, plan: EvalPlan, labe
 
 def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = None,
           log: Callable[[str], None] = print,
-          on_step: Callable[[int, int], None] | None = None) -> Path:
-    """Train, evaluate and save one encoder; returns the folder with card and weights."""
+          on_step: Callable[[int, int], None] | None = None,
+          dataset: Dataset | None = None) -> Path:
+    """Train, evaluate and save one encoder; returns the folder with card and weights.
+    `dataset` (already loaded, e.g. a user's upload) replaces the recipe's named one."""
     from safetensors.torch import save_file
 
-    ds = load_dataset(recipe.dataset, data_dir)
+    ds = dataset or load_dataset(recipe.dataset, data_dir)
     plan = plan_from_rules(recipe, ds.channels)
     log(f"{recipe.name}: {recipe.method} on {ds.name} ({len(ds.splits['train'])} train images)"
         f", recommended rank {plan.recommended_rank}, hyperparameters {plan.hyperparameters}, "
@@ -194,13 +196,13 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
         architecture={"name": recipe.architecture["name"], "args": args},
         spatial_dims=ds.spatial_dims, in_channels=ds.channels, input_size=ds.image_size,
         normalization={"mean": [0.5] * ds.channels, "std": [0.5] * ds.channels},
-        modality=info.get("modality", recipe.profile["modality"]),
+        modality=recipe.profile["modality"],
         pretext={"method_id": recipe.method, "family": plan.family,
                  "hyperparameters": {**plan.hyperparameters,
                                      "augmentations": sorted(plan.policy.ops),
                                      "train": {**cfg.__dict__, "seconds": round(train_s, 1),
                                                "final_loss": history[-1]["loss"]}}},
-        pretraining_data={"name": ds.name, "licence": info.get("licence", "unknown"),
+        pretraining_data={"name": ds.name, "licence": info.get("licence", "not stated"),
                           "split": "train", "images": len(ds.splits["train"]),
                           "citation": info.get("citation")},
         weights_licence="CC-BY-4.0",

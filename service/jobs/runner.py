@@ -121,6 +121,59 @@ def run_finetune(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, 
             "seconds": round(time.monotonic() - start, 1)}
 
 
+def run_pretrain(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, Any]:
+    import json
+
+    from zoo.build import EvalPlan, Recipe, build
+    from zoo.registry import Registry, prepare
+
+    from ..config import get_settings
+
+    p = job.params
+    with sessions() as s:
+        dataset_row = s.get(DatasetRow, p["dataset_id"])
+    ds = load_job_dataset(dataset_row, store)
+    name = p["name"] or f"{p['name_template']}-job{job.id}"[:96]
+    device = p["device"]
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    with sessions.begin() as s:
+        s.get(JobRow, job.id).device = device
+    recipe = Recipe(name=name, method=p["method"], dataset=dataset_row.name,
+                    architecture=p["architecture"], profile=p["profile"],
+                    train={"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"],
+                           "seed": p["seed"], "device": device},
+                    evaluate=EvalPlan(fractions=[0.1, 1.0], seeds=[0],
+                                      protocols=["linear_probe"]))
+    last = [0.0]
+    queue.progress(sessions, job.id, {"phase": "training", "epoch": 0,
+                                      "epochs": p["epochs"]}, line="first training step")
+    start = time.monotonic()
+
+    def on_step(step: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 1.0 or step == total:
+            last[0] = now
+            elapsed = now - start
+            queue.progress(sessions, job.id, {"step": step, "steps": total,
+                                              "epoch": step * p["epochs"] // max(total, 1),
+                                              "eta_s": round(elapsed / step * (total - step),
+                                                             1)})
+
+    out_dir = get_settings().home / "jobs" / str(job.id) / "build"
+    folder = build(recipe, out_dir, log=log, on_step=on_step, dataset=ds)
+    card = json.loads((folder / "card.json").read_text())
+    card["lineage"] = {**card.get("lineage", {}), "dataset_id": dataset_row.id,
+                       "dataset": dataset_row.name, "job_id": job.id}
+    stored = Registry(sessions, store).register(
+        prepare(card, (folder / "model.safetensors").read_bytes()),
+        family=card["pretext"].get("family"))
+    evaluation = {f"{e['protocol']}@{e['label_fraction']:g}:{e['metric']}": e["value"]
+                  for e in card["evaluation"]}
+    return {"encoder": stored.name, "revision": stored.revision, "evaluation": evaluation,
+            "seconds": round(time.monotonic() - start, 1)}
+
+
 def main(job_id: int) -> int:
     from zoo.storage import BlobStore
 
@@ -136,9 +189,8 @@ def main(job_id: int) -> int:
         queue.progress(sessions, job_id, {}, line=line)
 
     try:
-        if job.type != "finetune":
-            raise NotImplementedError(f"job type {job.type!r} has no runner yet")
-        result = run_finetune(job, sessions, store, log)
+        runner = {"finetune": run_finetune, "pretrain": run_pretrain}[job.type]
+        result = runner(job, sessions, store, log)
         queue.finish(sessions, job_id, "succeeded", result=result)
         return 0
     except Exception as err:  # the job fails with the reason; the worker sees exit 1

@@ -40,6 +40,8 @@ class JobCreate(BaseModel):
     seed: int = Field(0, ge=0, le=2**31)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     method: str | None = Field(None, description="Pretext method id (pretrain).")
+    name: str | None = Field(None, max_length=96, description="Name of the new encoder "
+                             "(pretrain); default arch-Nd.method-dataset-jobID.")
 
 
 class JobPublic(BaseModel):
@@ -74,9 +76,6 @@ def _bad(field: str, msg: str, status: int = 422) -> HTTPException:
 
 def resolve(spec: JobCreate, user: User, zoo: Any, engine: Any) -> dict[str, Any]:
     """Pre-flight checks and 'auto' values; the answer is stored on the job."""
-    if spec.type == "pretrain":
-        raise _bad("type", "pretrain jobs are not available yet; use `taskalign zoo build` "
-                           "for pretraining, or submit a finetune job")
     with zoo.registry.sessions() as s:
         ds = s.get(DatasetRow, spec.dataset_id)
         if ds is None or (ds.owner != user.name and not user.admin):
@@ -85,6 +84,8 @@ def resolve(spec: JobCreate, user: User, zoo: Any, engine: Any) -> dict[str, Any
         ds = {"id": ds.id, "name": ds.name, "modality": ds.modality, "dims": ds.spatial_dims,
               "channels": ds.channels, "size": ds.image_size, "classes": ds.num_classes,
               "train": ds.summary["splits"]["train"]["images"]}
+    if spec.type == "pretrain":
+        return resolve_pretrain(spec, ds)
     if not spec.encoder:
         raise _bad("encoder", "finetune jobs need an encoder from the zoo")
     rev = zoo.registry.revision(spec.encoder, spec.encoder_revision)
@@ -124,6 +125,58 @@ def resolve(spec: JobCreate, user: User, zoo: Any, engine: Any) -> dict[str, Any
         "auto": {"label_regime": advice.regime, "derived_from": advice.derived_from,
                  "advice": advice.evaluation,
                  "defaults": "epochs 20, lr 1e-3 (Adam, as the MedMNIST baselines), batch 128"},
+    }
+
+
+def resolve_pretrain(spec: JobCreate, ds: dict[str, Any]) -> dict[str, Any]:
+    from zoo.build import Recipe, plan_from_rules
+    from zoo.cards import NAME_PATTERN
+    from zoo.pretext.registry import OBJECTIVES
+
+    if not spec.method or spec.method not in OBJECTIVES:
+        raise _bad("method", f"pretrain needs an implemented method; one of "
+                             f"{', '.join(sorted(OBJECTIVES))}")
+    if not ds["modality"]:
+        raise _bad("dataset_id", "the dataset has no modality; the rules need one to choose "
+                                 "augmentations (give it when uploading)")
+    dims = ds["dims"]
+    vit = OBJECTIVES[spec.method][1] == "vit"
+    if vit:
+        patch = 4 if dims == 2 else 7
+        if any(s % patch for s in ds["size"]):
+            raise _bad("method", f"{spec.method} uses a ViT with {patch}-pixel patches; image "
+                                 f"size {ds['size']} is not a multiple")
+        arch = {"name": "vit", "args": {"patch_size": patch, "hidden_size": 96, "mlp_dim": 192,
+                                        "num_layers": 4, "num_heads": 3}}
+    elif dims == 3:
+        arch = {"name": "resnet10", "args": {"widths": [8, 16, 32, 64]}}
+    else:
+        arch = {"name": "resnet18", "args": {"widths": [16, 32, 64, 128]}}
+    profile = {"task": "classification", "modality": ds["modality"],
+               "dimensionality": f"{dims}d", "label_regime": "low"}
+    slug = ds["name"].lower().replace("_", "-").replace(".", "-")
+    recipe = Recipe(name=spec.name or "pending", method=spec.method, dataset=ds["name"],
+                    architecture=arch, profile=profile)
+    try:
+        plan = plan_from_rules(recipe, ds["channels"])
+    except ValueError as err:
+        raise _bad("method", str(err)) from None
+    import re
+
+    if spec.name and not re.match(NAME_PATTERN, spec.name):
+        raise _bad("name", "encoder names are arch.tag in lower case, e.g. resnet18-2d.my-ssl")
+    return {
+        "dataset_id": ds["id"], "method": spec.method, "architecture": arch,
+        "profile": profile, "name": spec.name,
+        "name_template": f"{arch['name']}-{dims}d.{spec.method.replace('_', '-')}-{slug}",
+        "epochs": 10 if spec.epochs == "auto" else spec.epochs,
+        "lr": 2e-3 if spec.lr == "auto" else spec.lr,
+        "batch_size": (256 if dims == 2 else 64) if spec.batch_size == "auto"
+        else spec.batch_size,
+        "seed": spec.seed, "device": spec.device,
+        "auto": {"hyperparameters": plan.hyperparameters,
+                 "augmentations": sorted(plan.policy.ops),
+                 "recommended_rank": plan.recommended_rank},
     }
 
 

@@ -141,7 +141,8 @@ def test_cancel_and_idempotency_and_scoping(tmp_path: Path) -> None:
     ({"epochs": 0}, "epochs", "between"),
     ({"lr": 5}, "lr", "between"),
     ({"dataset_id": 999}, "dataset_id", "no dataset"),
-    ({"type": "pretrain"}, "type", "not available yet"),
+    ({"type": "pretrain", "method": "rubiks_cube"}, "method", "supports 3d"),
+    ({"type": "pretrain", "method": "nope"}, "method", "implemented method"),
     ({"label_fraction": 0}, "label_fraction", "greater than 0"),
 ])
 def test_invalid_submissions_create_nothing(tmp_path_factory: pytest.TempPathFactory,
@@ -239,3 +240,26 @@ def test_restart_keeps_queued_jobs_and_sse(tmp_path: Path) -> None:
             assert job(s2.url, i)["status"] == "succeeded"
     finally:
         s2.stop()
+
+
+def test_pretrain_job_makes_a_new_encoder(tmp_path: Path) -> None:
+    s = Server(tmp_path, TASKALIGN_WORKER="true", **TOKENS)
+    try:
+        ds = seed_server(s.url)
+        r = httpx.post(f"{s.url}/v1/jobs", headers=h(ALICE), json={
+            "type": "pretrain", "dataset_id": ds, "method": "simclr", "epochs": 1})
+        assert r.status_code == 202, r.text
+        params = r.json()["params"]
+        assert "rotation_90" not in params["auto"]["augmentations"]  # breast: orientation
+        assert "speckle_noise" in params["auto"]["augmentations"]    # ultrasound noise
+        done = wait_for(lambda: (x := job(s.url, r.json()["id"]))["status"] in
+                        ("succeeded", "failed") and x, 300)
+        assert done["status"] == "succeeded", done["error"]
+        name = done["result"]["encoder"]
+        assert name.startswith("resnet18-2d.simclr-breast")
+        card = httpx.get(f"{s.url}/v1/encoders/{name}").json()["card"]
+        assert card["lineage"]["job_id"] == r.json()["id"]
+        assert {e["protocol"] for e in card["evaluation"]} == {
+            "linear_probe", "random_init_linear_probe"}
+    finally:
+        s.stop()
