@@ -128,6 +128,9 @@ def fine_tune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Ten
     model = nn.Sequential(copy.deepcopy(encoder), nn.Linear(encoder.feature_dim, classes))
     model.to(device)
     x = (to_unit(train_images.to(device)) - 0.5) / 0.5
+    if device.type == "cuda" and x.dim() == 4:  # channels-last convolutions on the GPU
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = train_y.to(device)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     steps = max(1, math.ceil(len(x) / config.batch_size)) * config.epochs
