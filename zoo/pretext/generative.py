@@ -9,7 +9,15 @@ from torch import nn
 from ..augment import augment
 from . import losses
 from .base import Decoder, Objective, feature_map, need_vit, standardise
-from .vitparts import embed_patches, gather_tokens, patchify, positions, transformer
+from .vitparts import (
+    embed_patches,
+    gather_tokens,
+    learned_positions,
+    light_transformer,
+    patchify,
+    positions,
+    transformer,
+)
 
 
 class MAE(Objective):
@@ -20,8 +28,6 @@ class MAE(Objective):
     def __init__(self, encoder: nn.Module, mask_ratio: float = 0.6, decoder_dim: int = 96,
                  decoder_depth: int = 2, norm_pix_loss: bool = True):
         super().__init__()
-        from monai.networks.blocks import TransformerBlock
-
         vit = need_vit(encoder)
         self.encoder, self.mask_ratio, self.norm_pix = encoder, mask_ratio, norm_pix_loss
         d, p = vit.feature_dim, vit.patch_size
@@ -30,10 +36,8 @@ class MAE(Objective):
         dims = vit.net.patch_embedding.patch_embeddings.weight.dim() - 2
         self.to_decoder = nn.Linear(d, decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
-        self.decoder_pos = nn.Parameter(torch.randn(1, n_tokens, decoder_dim) * 0.02)
-        self.decoder = nn.ModuleList(
-            TransformerBlock(decoder_dim, decoder_dim * 2, 4 if decoder_dim % 4 == 0 else 1)
-            for _ in range(decoder_depth))
+        self.decoder_pos = learned_positions(n_tokens, decoder_dim)
+        self.decoder = light_transformer(decoder_dim, decoder_depth)
         self.to_pixels = nn.Linear(decoder_dim, channels * p**dims)
 
     def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201

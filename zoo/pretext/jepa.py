@@ -8,7 +8,14 @@ from torch import nn
 
 from . import losses
 from .base import EMA, Objective, need_vit, standardise
-from .vitparts import embed_patches, gather_tokens, positions, transformer
+from .vitparts import (
+    embed_patches,
+    gather_tokens,
+    learned_positions,
+    light_transformer,
+    positions,
+    transformer,
+)
 
 
 def block_mask(grid: list[int], scale: tuple[float, float], gen: torch.Generator | None,
@@ -35,8 +42,6 @@ class IJEPA(Objective):
                  context_scale: tuple[float, float] = (0.85, 1.0), ema_momentum: float = 0.996,
                  predictor_depth: int = 2, predictor_dim: int = 96):
         super().__init__()
-        from monai.networks.blocks import TransformerBlock
-
         vit = need_vit(encoder)
         self.encoder, self.target = encoder, EMA(encoder, ema_momentum)
         self.blocks, self.t_scale, self.c_scale = target_blocks, target_scale, context_scale
@@ -44,10 +49,8 @@ class IJEPA(Objective):
         n_tokens = positions(vit).shape[1]
         self.to_pred = nn.Linear(d, predictor_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_dim))
-        self.pred_pos = nn.Parameter(torch.randn(1, n_tokens, predictor_dim) * 0.02)
-        self.predictor = nn.ModuleList(
-            TransformerBlock(predictor_dim, predictor_dim * 2, 4 if predictor_dim % 4 == 0 else 1)
-            for _ in range(predictor_depth))
+        self.pred_pos = learned_positions(n_tokens, predictor_dim)
+        self.predictor = light_transformer(predictor_dim, predictor_depth)
         self.from_pred = nn.Linear(predictor_dim, d)
         self.grid = [s // vit.patch_size for s in vit.img_size]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from ..architectures import ViTEncoder
 from .predictive import _tiles
@@ -28,6 +29,18 @@ def patchify(x: torch.Tensor, patch: int) -> torch.Tensor:
     grid = [s // patch for s in x.shape[2:]]
     tiles, _ = _tiles(x, grid)
     return tiles.flatten(2)
+
+
+def light_transformer(width: int, depth: int) -> nn.ModuleList:
+    """The small transformer of MAE's decoder and I-JEPA's predictor."""
+    from monai.networks.blocks import TransformerBlock
+
+    heads = 4 if width % 4 == 0 else 1
+    return nn.ModuleList(TransformerBlock(width, width * 2, heads) for _ in range(depth))
+
+
+def learned_positions(n_tokens: int, width: int) -> nn.Parameter:
+    return nn.Parameter(torch.randn(1, n_tokens, width) * 0.02)
 
 
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
