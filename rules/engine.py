@@ -66,6 +66,10 @@ class Engine:
             rules_loaded=len(knowledge.rules),
         )
 
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
     def evidence(self, refs: list[RefId]) -> list[Evidence]:
         seen: dict[RefId, None] = dict.fromkeys(refs)
         return [self._evidence[r] for r in seen]

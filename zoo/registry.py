@@ -226,17 +226,27 @@ class Registry:
             for sha in written:
                 # Only blobs this call created are candidates; keep one if a committed
                 # revision of another upload (identical bytes, concurrently) now uses it.
-                if not self._referenced(sha):
-                    self.store.delete(sha)
+                self.delete_if_unreferenced(sha)
             raise
 
-    def _referenced(self, sha: str) -> bool:
+    def referenced(self, sha: str) -> bool:
+        """Whether any committed encoder file or dataset uses this blob."""
+        from .catalog import DatasetRow
+
         try:
             with self.sessions() as session:
-                return session.scalar(select(func.count()).select_from(FileRow)
-                                      .where(FileRow.sha256 == sha)) > 0
+                files = session.scalar(select(func.count()).select_from(FileRow)
+                                       .where(FileRow.sha256 == sha))
+                datasets = session.scalar(select(func.count()).select_from(DatasetRow)
+                                          .where(DatasetRow.sha256 == sha))
+                return bool(files or datasets)
         except Exception:  # database unusable: nothing committed can reference our new blob
             return False
+
+    def delete_if_unreferenced(self, sha: str) -> None:
+        """Clean up a blob that a failed write created, unless something committed uses it."""
+        if not self.referenced(sha):
+            self.store.delete(sha)
 
     def list(self, *, modality: str | None = None, method: str | None = None,
              family: str | None = None, dims: int | None = None, q: str | None = None,

@@ -144,19 +144,9 @@ def _store(zoo: Any, owner: str, name: str, kind: str, ds: Dataset, blob: bytes 
             result = public(row)
         return result
     except BaseException:
-        if created and sha and not zoo.registry._referenced(sha) and not _dataset_uses(
-                sessions, sha):
-            store.delete(sha)
+        if created and sha:
+            zoo.registry.delete_if_unreferenced(sha)
         raise
-
-
-def _dataset_uses(sessions: Any, sha: str) -> bool:
-    try:
-        with sessions() as s:
-            return bool(s.scalar(select(func.count()).select_from(DatasetRow)
-                                 .where(DatasetRow.sha256 == sha)))
-    except Exception:
-        return False
 
 
 @router.get("")

@@ -20,5 +20,5 @@ def healthz(request: Request) -> JSONResponse:
     return JSONResponse(status_code=status, content={
         "status": "ok" if status == 200 else "degraded",
         "database": db,
-        "rules": engine._info.model_dump(),
+        "rules": engine.info.model_dump(),
     })
