@@ -3,42 +3,32 @@
 The engine has no domain logic of its own: eligibility comes from each method's declared
 needs, the base score from Table 3, and every adjustment from a rule in rules/tables/.
 Scores are sums, ties break on method id, so the same profile always gives the same answer.
+
+Why it is built the way it is: a profile reaches the ranked methods, trace, rule warnings
+and augmentations only through its *signature* — which methods are eligible, which rules
+fire, the task, the Table 3 column and top_k. Sixty thousand random profiles share about
+five thousand signatures, so that part is computed once per signature as plain JSON-ready
+data, serialised by pydantic-core and memoised. What belongs to one request (the resolved
+profile, assumptions, input warnings, how the label regime was derived) is added per call.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from .knowledge import HyperparameterEffect, Knowledge, Method, RefId, load_knowledge
-from .profile import TaskProfile, resolve
-from .recommendation import (
-    Alignment,
-    Augmentations,
-    AvoidedAugmentation,
-    EngineInfo,
-    Evidence,
-    Excluded,
-    HyperparameterChange,
-    LabelAdvice,
-    MethodRecommendation,
-    Recommendation,
-    TraceEffect,
-    TraceEntry,
-    Warning,
-)
+from pydantic_core import to_json
 
+from .knowledge import HyperparameterEffect, Knowledge, LoadedRule, Method, RefId, load_knowledge
+from .profile import TaskProfile, facts_of, resolve_dicts
+from .recommendation import EngineInfo, Recommendation
 
-@dataclass
-class _MethodState:
-    method: Method
-    score: float = 0.0
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    changes: list[HyperparameterChange] = field(default_factory=list)
-    raised_by: list[tuple[str, str, list[RefId]]] = field(default_factory=list)
-    lowered_by: list[tuple[str, str]] = field(default_factory=list)
+# Serialised outcomes kept per engine; a default answer is about 17 KB.
+MEMO_BYTES = 64 * 1024 * 1024
 
 
 def short_authors(authors: str) -> str:
@@ -49,11 +39,104 @@ def short_authors(authors: str) -> str:
     return f"{surname} et al." if several else surname
 
 
+@dataclass
+class _MethodState:
+    method: Method
+    hyperparameters: dict[str, Any]
+    score: float = 0.0
+    changes: list[dict[str, Any]] = field(default_factory=list)
+    raised_by: list[LoadedRule] = field(default_factory=list)
+    lowered_by: list[LoadedRule] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Eligibility:
+    """Which catalog methods can apply to a (dims, modality, anatomy, needs met) key."""
+
+    eligible: tuple[Method, ...]
+    excluded_json: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.excluded_json) + 8 * len(self.eligible)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """The part of an answer its signature fixes, already serialised."""
+
+    recommendations_json: bytes
+    ranked: tuple[tuple[str, int, str], ...]  # (method id, rank, family), for zoo matching
+    rule_warnings: tuple[dict[str, Any], ...]
+    augmentations_json: bytes
+    notes_json: bytes
+    trace_json: bytes
+
+    @property
+    def size(self) -> int:
+        return (len(self.recommendations_json) + len(self.augmentations_json)
+                + len(self.notes_json) + len(self.trace_json) + 512 * len(self.rule_warnings))
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A recommendation as JSON bytes (exactly `Recommendation`'s schema) plus the few
+    facts that matching zoo encoders needs, so callers need not parse the JSON back."""
+
+    json: bytes
+    profile: dict[str, Any]
+    ranked: tuple[tuple[str, int, str], ...]
+
+
+@dataclass(frozen=True)
+class _PreparedEffect:
+    """An effect with everything that does not depend on the request worked out at load."""
+
+    kind: str
+    picked: frozenset[str]
+    detail: str
+    add: float = 0.0
+    hyperparameter: HyperparameterEffect | None = None
+    use: tuple[str, ...] = ()
+    avoid: tuple[str, ...] = ()
+    warning: dict[str, Any] | None = None
+    note: str | None = None
+
+
+class _Memo:
+    """A thread-safe LRU bounded by the bytes its values hold (each has `.size`)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes = max_bytes, 0
+        self._items: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[Any, ...]) -> Any:
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None:
+                self._items.move_to_end(key)
+            return hit
+
+    def put(self, key: tuple[Any, ...], value: Any) -> None:
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = value
+            self.bytes += value.size
+            while self.bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self.bytes -= old.size
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
 class Engine:
-    def __init__(self, knowledge: Knowledge):
+    def __init__(self, knowledge: Knowledge, memo_bytes: int = MEMO_BYTES):
         self.kb = knowledge
         self._evidence = {
-            rid: Evidence(id=r.id, authors=short_authors(r.authors), year=r.year)
+            rid: {"id": r.id, "authors": short_authors(r.authors), "year": r.year}
             for rid, r in knowledge.references.items()
         }
         self._support = {
@@ -65,24 +148,75 @@ class Engine:
             methods_in_catalog=len(knowledge.methods),
             rules_loaded=len(knowledge.rules),
         )
+        self._info_json = to_json(self._info)
+        self._alignment_note_json = to_json(knowledge.alignment.note)
+        self._effects = [self._prepare(lr) for lr in knowledge.rules]
+        self._advice = {  # LabelAdvice without `regime` and `derived_from`, added per call
+            regime: {"expected_benefit": a.expected_benefit,
+                     "evaluation": a.evaluation, "adaptation": a.adaptation,
+                     "sections": a.sections, "evidence": self.evidence(a.refs)}
+            for regime, a in knowledge.regime_advice.items()
+        }
+        self._eligibility = _Memo(memo_bytes // 16)
+        self._static: dict[tuple[str, str, str], dict[str, Any]] = {}
+        self.memo = _Memo(memo_bytes)
 
     @property
     def info(self) -> EngineInfo:
         return self._info
 
-    def evidence(self, refs: list[RefId]) -> list[Evidence]:
-        seen: dict[RefId, None] = dict.fromkeys(refs)
-        return [self._evidence[r] for r in seen]
+    def evidence(self, refs: list[RefId]) -> list[dict[str, Any]]:
+        """Short citations (id, authors, year), first mention first, no repeats."""
+        return [self._evidence[r] for r in dict.fromkeys(refs)]
 
     def recommend(self, profile: TaskProfile) -> Recommendation:
-        kb = self.kb
-        resolved, assumptions, input_warnings = resolve(profile, kb.vocabulary)
-        facts = resolved.facts()
-        trace: list[TraceEntry] = []
+        return Recommendation.model_validate_json(self.evaluate(profile).json)
 
-        states: dict[str, _MethodState] = {}
-        excluded: list[Excluded] = []
-        for m in kb.methods.values():
+    def evaluate(self, profile: TaskProfile) -> Evaluation:
+        """The recommendation for a profile, serialised; raises ProfileConflict."""
+        kb = self.kb
+        resolved, assumptions, input_warnings = resolve_dicts(profile, kb.vocabulary)
+        facts = facts_of(resolved)
+        needs_met = tuple(name for name, (pred, _) in kb.needs.items() if pred(facts))
+        elig_key = (facts["dims"], facts["modality"], facts["anatomy"], needs_met)
+        eligibility = self._eligibility.get(elig_key)
+        if eligibility is None:
+            eligibility = self._eligible(facts, needs_met)
+            self._eligibility.put(elig_key, eligibility)
+        fired = tuple(i for i, lr in enumerate(kb.rules) if lr.predicate(facts))
+        key = (elig_key, fired, facts["task"], facts["table3"], profile.top_k)
+        outcome = self.memo.get(key)
+        if outcome is None:
+            outcome = self._outcome(facts, eligibility, fired, profile.top_k)
+            self.memo.put(key, outcome)
+
+        warnings = [{"code": w["code"], "severity": "low", "message": w["message"],
+                     "rule": "input", "evidence": []} for w in input_warnings]
+        warnings.extend(outcome.rule_warnings)
+        regime = resolved["label_regime"]
+        advice = {"regime": regime, "derived_from": resolved["label_regime_source"],
+                  **self._advice[regime]}
+        body = b"".join((
+            b'{"profile":', to_json(resolved),
+            b',"assumptions":', to_json(assumptions),
+            b',"recommendations":', outcome.recommendations_json,
+            b',"excluded":', eligibility.excluded_json,
+            b',"warnings":', to_json(warnings),
+            b',"label_advice":', to_json(advice),
+            b',"augmentations":', outcome.augmentations_json,
+            b',"notes":', outcome.notes_json,
+            b',"alignment_note":', self._alignment_note_json,
+            b',"trace":', outcome.trace_json,
+            b',"engine":', self._info_json,
+            b"}",
+        ))
+        return Evaluation(json=body, profile=resolved, ranked=outcome.ranked)
+
+    # -- computed once per eligibility key or signature -----------------------------------
+
+    def _eligible(self, facts: dict[str, Any], needs_met: tuple[str, ...]) -> _Eligibility:
+        eligible, excluded = [], []
+        for m in self.kb.methods.values():
             reasons = []
             if facts["dims"] not in m.dims:
                 reasons.append(f"supports {', '.join(m.dims)}, not {facts['dims']}")
@@ -90,189 +224,199 @@ class Engine:
                 reasons.append(f"specific to {', '.join(m.modalities)}")
             if m.anatomies and facts["anatomy"] not in m.anatomies:
                 reasons.append(f"designed for {', '.join(m.anatomies)} anatomy")
-            for need in m.needs:
-                predicate, missing = kb.needs[need]
-                if not predicate(facts):
-                    reasons.append(missing)
+            reasons += [self.kb.needs[n][1] for n in m.needs if n not in needs_met]
             if reasons:
-                excluded.append(Excluded(id=m.id, reasons=reasons))
+                excluded.append({"id": m.id, "reasons": reasons})
             else:
-                # Shared with the catalog until a rule changes it (copy on write).
-                states[m.id] = _MethodState(method=m, hyperparameters=m.hyperparameters)
+                eligible.append(m)
+        excluded.sort(key=lambda e: e["id"])
+        return _Eligibility(eligible=tuple(eligible), excluded_json=to_json(excluded))
 
-        self._apply_table3(facts, states, trace)
+    def _prepare(self, lr: LoadedRule) -> list[_PreparedEffect]:
+        kb, rule, out = self.kb, lr.rule, []
+        for effect, picked in zip(rule.effects, lr.selected, strict=True):
+            if effect.score:
+                out.append(_PreparedEffect("score", picked, f"{effect.score.add:+g}",
+                                           add=effect.score.add))
+            elif effect.hyperparameter:
+                hp = effect.hyperparameter
+                op = next(k for k in ("set", "max", "min", "raise_min")
+                          if getattr(hp, k) is not None)
+                out.append(_PreparedEffect("hyperparameter", picked,
+                                           f"{hp.name} {op} {getattr(hp, op)}",
+                                           hyperparameter=hp))
+            elif effect.augment:
+                a = effect.augment
+                out.append(_PreparedEffect(
+                    "augment", picked, f"use {a.use} avoid {a.avoid}",
+                    use=tuple(kb.expand_augmentations(a.use)),
+                    avoid=tuple(kb.expand_augmentations(a.avoid))))
+            elif effect.warn:
+                w = effect.warn
+                out.append(_PreparedEffect("warn", picked, w.code, warning={
+                    "code": w.code, "severity": w.severity, "message": w.message,
+                    "rule": rule.id, "evidence": self.evidence(rule.refs)}))
+            else:
+                out.append(_PreparedEffect("note", picked, effect.note or "", note=effect.note))
+        return out
 
+    def _outcome(self, facts: dict[str, Any], eligibility: _Eligibility,
+                 fired: tuple[int, ...], top_k: int) -> _Outcome:
+        kb = self.kb
+        states = {m.id: _MethodState(method=m, hyperparameters=m.hyperparameters)
+                  for m in eligibility.eligible}
+        trace = self._apply_table3(facts["task"], facts["table3"], states)
         use_extra: dict[str, str] = {}
         avoid: dict[str, tuple[str, str]] = {}
-        warnings: list[Warning] = [
-            Warning(code=w.code, severity="low", message=w.message, rule="input", evidence=[])
-            for w in input_warnings
-        ]
+        warnings: list[dict[str, Any]] = []
         notes: list[str] = []
-        for lr in kb.rules:
-            if not lr.predicate(facts):
-                continue
+        for i in fired:
+            lr = kb.rules[i]
             rule = lr.rule
-            effects: list[TraceEffect] = []
-            for effect, picked in zip(rule.effects, lr.selected, strict=True):
-                if effect.score:
-                    hit = sorted(picked & states.keys())
-                    add = effect.score.add
+            effects = []
+            for pe in self._effects[i]:
+                if pe.kind == "score":
+                    hit = sorted(pe.picked & states.keys())
                     for mid in hit:
                         st = states[mid]
-                        st.score += add
-                        if add > 0:
-                            st.raised_by.append((rule.id, rule.rationale, rule.refs))
-                        else:
-                            st.lowered_by.append((rule.id, rule.rationale))
-                    effects.append(TraceEffect(kind="score", detail=f"{add:+g}", methods=hit))
-                elif effect.hyperparameter:
-                    changed = self._apply_hyperparameter(effect.hyperparameter, picked, states,
-                                                         rule.id)
-                    hp = effect.hyperparameter
-                    op = next(k for k in ("set", "max", "min", "raise_min")
-                              if getattr(hp, k) is not None)
-                    effects.append(TraceEffect(kind="hyperparameter",
-                                               detail=f"{hp.name} {op} {getattr(hp, op)}",
-                                               methods=changed))
-                elif effect.augment:
-                    for name in kb.expand_augmentations(effect.augment.use):
+                        st.score += pe.add
+                        (st.raised_by if pe.add > 0 else st.lowered_by).append(lr)
+                    effects.append({"kind": "score", "detail": pe.detail, "methods": hit})
+                elif pe.kind == "hyperparameter":
+                    changed = _apply_hyperparameter(pe.hyperparameter, pe.picked, states,
+                                                    rule.id)
+                    effects.append({"kind": "hyperparameter", "detail": pe.detail,
+                                    "methods": changed})
+                elif pe.kind == "augment":
+                    for name in pe.use:
                         use_extra.setdefault(name, rule.id)
-                    for name in kb.expand_augmentations(effect.augment.avoid):
+                    for name in pe.avoid:
                         avoid.setdefault(name, (rule.id, rule.description))
-                    effects.append(TraceEffect(
-                        kind="augment",
-                        detail=f"use {effect.augment.use} avoid {effect.augment.avoid}"))
-                elif effect.warn:
-                    warnings.append(Warning(code=effect.warn.code, severity=effect.warn.severity,
-                                            message=effect.warn.message, rule=rule.id,
-                                            evidence=self.evidence(rule.refs)))
-                    effects.append(TraceEffect(kind="warn", detail=effect.warn.code))
-                elif effect.note:
-                    notes.append(effect.note)
-                    effects.append(TraceEffect(kind="note", detail=effect.note))
-            trace.append(TraceEntry(rule=rule.id, file=lr.file, effects=effects))
+                    effects.append({"kind": "augment", "detail": pe.detail, "methods": []})
+                elif pe.kind == "warn":
+                    warnings.append(pe.warning)
+                    effects.append({"kind": "warn", "detail": pe.detail, "methods": []})
+                else:
+                    notes.append(pe.note)
+                    effects.append({"kind": "note", "detail": pe.detail, "methods": []})
+            trace.append({"rule": rule.id, "file": lr.file, "effects": effects})
 
         # Ties break on how many reviewed studies back the method, then on its id.
         ranked = sorted(states.values(), key=lambda s: (-round(s.score, 6),
                                                         -self._support[s.method.id], s.method.id))
-        recs = [
-            self._method_output(rank, st, facts, use_extra, avoid)
-            for rank, st in enumerate(ranked[: profile.top_k], start=1)
-        ]
-        global_use = sorted(n for n in use_extra if n not in avoid)
-        advice = kb.regime_advice[resolved.label_regime]
-        return Recommendation(
-            profile=resolved,
-            assumptions=assumptions,
-            recommendations=recs,
-            excluded=sorted(excluded, key=lambda e: e.id),
-            warnings=warnings,
-            label_advice=LabelAdvice(
-                regime=resolved.label_regime,
-                derived_from=resolved.label_regime_source,
-                expected_benefit=advice.expected_benefit,
-                evaluation=advice.evaluation,
-                adaptation=advice.adaptation,
-                sections=advice.sections,
-                evidence=self.evidence(advice.refs),
-            ),
-            augmentations=Augmentations(
-                use=global_use,
-                avoid=[AvoidedAugmentation(name=n, rule=r, reason=why)
-                       for n, (r, why) in sorted(avoid.items())],
-            ),
-            notes=notes,
-            alignment_note=kb.alignment.note,
-            trace=trace,
-            engine=self._info,
+        extra = sorted(use_extra)
+        recs = [self._method_output(rank, st, facts, extra, avoid)
+                for rank, st in enumerate(ranked[:top_k], start=1)]
+        augmentations = {
+            "use": sorted(n for n in use_extra if n not in avoid),
+            "avoid": [{"name": n, "rule": r, "reason": why}
+                      for n, (r, why) in sorted(avoid.items())],
+        }
+        return _Outcome(
+            recommendations_json=to_json(recs),
+            ranked=tuple((r["id"], r["rank"], r["family"]) for r in recs),
+            rule_warnings=tuple(warnings),
+            augmentations_json=to_json(augmentations),
+            notes_json=to_json(notes),
+            trace_json=to_json(trace),
         )
 
-    def _apply_table3(self, facts: dict[str, Any], states: dict[str, _MethodState],
-                      trace: list[TraceEntry]) -> None:
+    def _apply_table3(self, task: str, column: str,
+                      states: dict[str, _MethodState]) -> list[dict[str, Any]]:
         table = self.kb.alignment
-        column = facts["table3"]
         by_family: dict[str, list[str]] = {}
         for mid, st in states.items():
             by_family.setdefault(st.method.family, []).append(mid)
+        trace = []
         for family in sorted(by_family):
             cell = table.cells[family][column]
-            rating = cell.per_task.get(facts["task"], cell.rating)
+            rating = cell.per_task.get(task, cell.rating)
             points = table.points[rating]
             for mid in by_family[family]:
                 states[mid].score += points
-            trace.append(TraceEntry(
-                rule=f"table3.{family}.{column}",
-                file="tables/alignment.yaml",
-                effects=[TraceEffect(kind="score", detail=f"{rating} {points:+g}",
-                                     methods=sorted(by_family[family]))],
-            ))
-
-    @staticmethod
-    def _apply_hyperparameter(hp: HyperparameterEffect, picked: frozenset[str],
-                              states: dict[str, _MethodState], rule_id: str) -> list[str]:
-        changed = []
-        for mid in sorted(picked & states.keys()):
-            st = states[mid]
-            before = st.hyperparameters.get(hp.name)
-            if before is None:
-                continue
-            if hp.set is not None:
-                after = hp.set
-            elif hp.max is not None:
-                after = min(before, hp.max)
-            elif hp.min is not None:
-                after = max(before, hp.min)
-            else:  # raise_min: the lower bound of a [low, high] range
-                after = [max(before[0], hp.raise_min), *before[1:]]
-            if after != before:
-                if st.hyperparameters is st.method.hyperparameters:
-                    st.hyperparameters = dict(st.hyperparameters)
-                st.hyperparameters[hp.name] = after
-                st.changes.append(HyperparameterChange(name=hp.name, before=before, after=after,
-                                                       rule=rule_id))
-                changed.append(mid)
-        return changed
+            trace.append({"rule": f"table3.{family}.{column}", "file": "tables/alignment.yaml",
+                          "effects": [{"kind": "score", "detail": f"{rating} {points:+g}",
+                                       "methods": sorted(by_family[family])}]})
+        return trace
 
     def _method_output(self, rank: int, st: _MethodState, facts: dict[str, Any],
-                       use_extra: dict[str, str], avoid: dict[str, tuple[str, str]]
-                       ) -> MethodRecommendation:
+                       use_extra: list[str], avoid: dict[str, tuple[str, str]]
+                       ) -> dict[str, Any]:
         m = st.method
+        static = self._method_static(m, facts["table3"], facts["task"])
+        wanted = list(dict.fromkeys([*m.augmentations, *use_extra]))
+        rationale = [*static["rationale"], *(lr.rule.rationale for lr in st.raised_by),
+                     *(f"Ranked lower: {lr.rule.rationale}" for lr in st.lowered_by)]
+        refs: list[RefId] = list(static["refs"])
+        for lr in st.raised_by:
+            refs.extend(lr.rule.refs)
+        return {
+            "rank": rank,
+            "id": m.id,
+            "name": m.name,
+            "family": m.family,
+            "granularity": m.granularity,
+            "score": round(st.score, 3),
+            "alignment": static["alignment"],
+            "hyperparameters": st.hyperparameters,
+            "hyperparameter_changes": st.changes,
+            "augmentations": {
+                "use": [a for a in wanted if a not in avoid],
+                "avoid": [{"name": a, "rule": avoid[a][0], "reason": avoid[a][1]}
+                          for a in wanted if a in avoid],
+            },
+            "data_needs": static["data_needs"],
+            "rationale": rationale,
+            "evidence": self.evidence(refs),
+        }
+
+    def _method_static(self, m: Method, column: str, task: str) -> dict[str, Any]:
+        """What a method's output takes from the catalog and Table 3 alone."""
+        key = (m.id, column, task)
+        hit = self._static.get(key)
+        if hit is not None:
+            return hit
         table = self.kb.alignment
-        cell = table.cells[m.family][facts["table3"]]
-        rating = cell.per_task.get(facts["task"], cell.rating)
-        wanted = list(dict.fromkeys([*m.augmentations, *sorted(use_extra)]))
-        rationale = [m.summary]
-        column_label = table.columns[facts["table3"]]["label"]
+        cell = table.cells[m.family][column]
+        rating = cell.per_task.get(task, cell.rating)
+        family_label = table.families[m.family]["label"]
         why = f" ({cell.why})" if cell.why else ""
-        rationale.append(f"Table 3: {table.families[m.family]['label']} is {rating} for "
-                         f"{column_label}{why}.")
-        rationale += [text for _, text, _ in st.raised_by]
-        rationale += [f"Ranked lower: {text}" for _, text in st.lowered_by]
-        refs: list[RefId] = [*m.references, *cell.refs]
-        for _, _, rule_refs in st.raised_by:
-            refs.extend(rule_refs)
-        return MethodRecommendation(
-            rank=rank,
-            id=m.id,
-            name=m.name,
-            family=m.family,
-            granularity=m.granularity,
-            score=round(st.score, 3),
-            alignment=Alignment(rating=rating, column=facts["table3"],
-                                family_label=table.families[m.family]["label"],
-                                sections=cell.sections, why=cell.why),
-            hyperparameters=st.hyperparameters,
-            hyperparameter_changes=st.changes,
-            augmentations=Augmentations(
-                use=[a for a in wanted if a not in avoid],
-                avoid=[AvoidedAugmentation(name=a, rule=avoid[a][0], reason=avoid[a][1])
-                       for a in wanted if a in avoid],
-            ),
-            data_needs=list(m.needs),
-            rationale=rationale,
-            evidence=self.evidence(refs),
-        )
+        static = {
+            "alignment": {"rating": rating, "column": column, "family_label": family_label,
+                          "sections": cell.sections, "why": cell.why},
+            "rationale": (m.summary, f"Table 3: {family_label} is {rating} for "
+                                     f"{table.columns[column]['label']}{why}."),
+            "refs": (*m.references, *cell.refs),
+            "data_needs": list(m.needs),
+        }
+        self._static[key] = static  # bounded: methods x columns x tasks
+        return static
+
+
+def _apply_hyperparameter(hp: HyperparameterEffect, picked: frozenset[str],
+                          states: dict[str, _MethodState], rule_id: str) -> list[str]:
+    changed = []
+    for mid in sorted(picked & states.keys()):
+        st = states[mid]
+        before = st.hyperparameters.get(hp.name)
+        if before is None:
+            continue
+        if hp.set is not None:
+            after = hp.set
+        elif hp.max is not None:
+            after = min(before, hp.max)
+        elif hp.min is not None:
+            after = max(before, hp.min)
+        else:  # raise_min: the lower bound of a [low, high] range
+            after = [max(before[0], hp.raise_min), *before[1:]]
+        if after != before:
+            if st.hyperparameters is st.method.hyperparameters:  # copy on first write
+                st.hyperparameters = dict(st.hyperparameters)
+            st.hyperparameters[hp.name] = after
+            st.changes.append({"name": hp.name, "before": before, "after": after,
+                               "rule": rule_id})
+            changed.append(mid)
+    return changed
 
 
 @cache

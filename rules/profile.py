@@ -165,20 +165,26 @@ class ResolvedProfile(BaseModel):
     properties: dict[str, Any]
 
     def facts(self) -> dict[str, Any]:
-        facts = {
-            "task": self.task,
-            "table3": self.table3_column,
-            "modality": self.modality,
-            "anatomy": self.anatomy,
-            "dims": self.dimensionality,
-            "label_regime": self.label_regime,
-            "labeled": self.labeled,
-            "unlabeled": self.unlabeled,
-            "classes": self.classes,
-        }
-        facts.update(self.properties)
-        facts["paired"] = bool(self.properties.get("paired_modalities"))
-        return facts
+        return facts_of(self.model_dump())
+
+
+def facts_of(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The flat fact table rules test, from a resolved profile in dict form."""
+    facts = {
+        "task": resolved["task"],
+        "table3": resolved["table3_column"],
+        "modality": resolved["modality"],
+        "anatomy": resolved["anatomy"],
+        "dims": resolved["dimensionality"],
+        "label_regime": resolved["label_regime"],
+        "labeled": resolved["labeled"],
+        "unlabeled": resolved["unlabeled"],
+        "classes": resolved["classes"],
+    }
+    props = resolved["properties"]
+    facts.update(props)
+    facts["paired"] = bool(props.get("paired_modalities"))
+    return facts
 
 
 def derive_label_regime(
@@ -207,16 +213,26 @@ def derive_label_regime(
 def resolve(profile: TaskProfile, vocab: Vocabulary | None = None) -> tuple[
     ResolvedProfile, list[Assumption], list[InputWarning]
 ]:
-    vocab = vocab or load_vocabulary()
+    """Apply defaults and derivations; raises ProfileConflict on a contradiction."""
+    resolved, assumptions, warnings = resolve_dicts(profile, vocab or load_vocabulary())
+    return (ResolvedProfile(**resolved), [Assumption(**a) for a in assumptions],
+            [InputWarning(**w) for w in warnings])
+
+
+def resolve_dicts(profile: TaskProfile, vocab: Vocabulary) -> tuple[
+    dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]
+]:
+    """resolve() as plain dicts in the models' field order: the engine serialises them
+    directly, which is several times cheaper than building and dumping the models."""
     modality = vocab.modality(profile.modality)
-    assumptions: list[Assumption] = []
-    warnings: list[InputWarning] = []
+    assumptions: list[dict[str, Any]] = []
+    warnings: list[dict[str, Any]] = []
 
     dims = profile.dimensionality
     if dims is None:
         dims = modality["default_dims"]
-        assumptions.append(Assumption(field="dimensionality", value=dims,
-                                      source=f"default for modality {profile.modality}"))
+        assumptions.append({"field": "dimensionality", "value": dims,
+                            "source": f"default for modality {profile.modality}"})
     elif dims not in modality["dims"]:
         raise ProfileConflict(
             "dimensionality",
@@ -233,26 +249,26 @@ def resolve(profile: TaskProfile, vocab: Vocabulary | None = None) -> tuple[
         )
     if anatomy is None and fixed_anatomies and len(fixed_anatomies) == 1:
         anatomy = fixed_anatomies[0]
-        assumptions.append(Assumption(field="anatomy", value=anatomy,
-                                      source=f"{profile.modality} implies it"))
+        assumptions.append({"field": "anatomy", "value": anatomy,
+                            "source": f"{profile.modality} implies it"})
 
     regime, regime_source = _label_regime(profile, vocab)
 
     props = _properties(profile, anatomy, dims, vocab, assumptions, warnings)
 
-    resolved = ResolvedProfile(
-        task=profile.task,
-        table3_column=vocab.raw["tasks"][profile.task]["table3"],
-        modality=profile.modality,
-        anatomy=anatomy,
-        dimensionality=dims,
-        label_regime=regime,
-        label_regime_source=regime_source,
-        labeled=profile.labeled,
-        unlabeled=profile.unlabeled,
-        classes=profile.classes,
-        properties=props,
-    )
+    resolved = {
+        "task": profile.task,
+        "table3_column": vocab.raw["tasks"][profile.task]["table3"],
+        "modality": profile.modality,
+        "anatomy": anatomy,
+        "dimensionality": dims,
+        "label_regime": regime,
+        "label_regime_source": regime_source,
+        "labeled": profile.labeled,
+        "unlabeled": profile.unlabeled,
+        "classes": profile.classes,
+        "properties": props,
+    }
     return resolved, assumptions, warnings
 
 
@@ -276,39 +292,54 @@ def _label_regime(profile: TaskProfile, vocab: Vocabulary) -> tuple[str, str]:
     return derived, f"derived: {why}"
 
 
+def property_defaults(vocab: Vocabulary, modality: str, anatomy: str | None,
+                      dims: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """Property values before the user's own, and where each came from; the layers are
+    global, modality, anatomy, modality-anatomy pair, then video. Memoised per vocabulary
+    (treat the result as read-only)."""
+    key = (modality, anatomy, dims)
+    hit = vocab.memo.get(key)
+    if hit is not None:
+        return hit
+    layers: list[tuple[str, dict[str, Any]]] = [
+        ("global default", vocab.raw["global_defaults"]),
+        (f"default for modality {modality}", vocab.modality(modality)["defaults"]),
+    ]
+    if anatomy:
+        layers.append((f"default for anatomy {anatomy}",
+                       vocab.raw["anatomy_defaults"].get(anatomy, {})))
+        layers.append((f"default for {modality} of the {anatomy}",
+                       vocab.raw["pair_defaults"].get(f"{modality}:{anatomy}", {})))
+    if dims == "video":
+        layers.append(("dimensionality video", {"temporal": True}))
+    props: dict[str, Any] = {"lesion_scale": None, "gpu_memory_gb": None}
+    source: dict[str, str] = {}
+    for name, layer in layers:
+        for k, value in layer.items():
+            props[k] = value
+            source[k] = name
+    vocab.memo[key] = (props, source)
+    return props, source
+
+
 def _properties(
     profile: TaskProfile,
     anatomy: str | None,
     dims: str,
     vocab: Vocabulary,
-    assumptions: list[Assumption],
-    warnings: list[InputWarning],
+    assumptions: list[dict[str, Any]],
+    warnings: list[dict[str, Any]],
 ) -> dict[str, Any]:
     given = profile.properties.model_dump(exclude_none=True)
-    layers: list[tuple[str, dict[str, Any]]] = [
-        ("global default", vocab.raw["global_defaults"]),
-        (f"default for modality {profile.modality}", vocab.modality(profile.modality)["defaults"]),
-    ]
-    if anatomy:
-        layers.append((f"default for anatomy {anatomy}",
-                       vocab.raw["anatomy_defaults"].get(anatomy, {})))
-        layers.append((f"default for {profile.modality} of the {anatomy}",
-                       vocab.raw["pair_defaults"].get(f"{profile.modality}:{anatomy}", {})))
-    if dims == "video":
-        layers.append(("dimensionality video", {"temporal": True}))
-
-    props: dict[str, Any] = {"lesion_scale": None, "gpu_memory_gb": None}
-    source: dict[str, str] = {}
-    for name, layer in layers:
-        for key, value in layer.items():
-            props[key] = value
-            source[key] = name
+    defaults, source = property_defaults(vocab, profile.modality, anatomy, dims)
+    props = dict(defaults)
+    source = dict(source)
     for key, value in given.items():
         if key in source and props.get(key) != value and source[key] != "global default":
-            warnings.append(InputWarning(
-                code="input_overrides_default",
-                message=f"{key}={value!r} overrides the {source[key]} ({props.get(key)!r})",
-            ))
+            warnings.append({
+                "code": "input_overrides_default",
+                "message": f"{key}={value!r} overrides the {source[key]} ({props.get(key)!r})",
+            })
         props[key] = value
         source[key] = "given"
 
@@ -320,13 +351,13 @@ def _properties(
                               f"not {profile.modality}")
     paired = [m for m in props.get("paired_modalities") or [] if m != profile.modality]
     if len(paired) != len(props.get("paired_modalities") or []):
-        warnings.append(InputWarning(code="input_paired_same_modality",
-                                     message=f"paired_modalities listed {profile.modality} "
-                                             "itself; ignored"))
+        warnings.append({"code": "input_paired_same_modality",
+                         "message": f"paired_modalities listed {profile.modality} itself; "
+                                    "ignored"})
     props["paired_modalities"] = paired
 
     for key in sorted(props):
         if source.get(key) not in (None, "given") and key not in ("paired_modalities",):
-            assumptions.append(Assumption(field=f"properties.{key}", value=props[key],
-                                          source=source[key]))
+            assumptions.append({"field": f"properties.{key}", "value": props[key],
+                                "source": source[key]})
     return props

@@ -45,6 +45,8 @@ class UnknownValueError(ValueError):
 class Vocabulary:
     raw: dict[str, Any]
     aliases: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Derived values that depend on the vocabulary alone (e.g. property defaults).
+    memo: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for kind, section in KINDS.items():

@@ -13,7 +13,7 @@ router = APIRouter(prefix="/methods", tags=["methods"])
 
 def method_public(engine: Any, method: Any) -> dict[str, Any]:
     out = method.model_dump()
-    out["evidence"] = [e.model_dump() for e in engine.evidence(method.references)]
+    out["evidence"] = engine.evidence(method.references)
     return out
 
 
