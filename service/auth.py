@@ -48,7 +48,7 @@ def load_tokens(settings: Settings) -> dict[str, User]:
     return tokens
 
 
-def current_user(request: Request) -> User:
+async def current_user(request: Request) -> User:
     header = request.headers.get("authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
