@@ -6,19 +6,21 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 
 from fastapi import APIRouter, FastAPI
 
-from rules import default_engine, engine_from
+from rules import Engine, default_engine, load_knowledge
+from rules.engine import MEMO_BYTES
 from zoo.storage import BlobStore
 
 from . import errors
 from .auth import load_tokens
 from .config import Settings, get_settings
 from .db import make_engine, ping, session_factory
+from .fast_path import JsonPostFastPath
 from .limits import BodySizeLimit
 from .migrate import upgrade
-from .response_cache import RawResponseCache
 from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
 from .zoo_state import ZooState
 
@@ -46,7 +48,11 @@ def _register_seeds(zoo: ZooState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Load the knowledge base now, so a bad rule file stops start-up with file and rule id.
-    rules_engine = engine_from(settings.rules_dir) if settings.rules_dir else default_engine()
+    memo_bytes = int(settings.recommend_memo_mb * 1024 * 1024)
+    if settings.rules_dir is None and memo_bytes == MEMO_BYTES:
+        rules_engine = default_engine()  # shared with the CLI and jobs in this process
+    else:
+        rules_engine = Engine(load_knowledge(settings.rules_dir), memo_bytes=memo_bytes)
     db_engine = make_engine(settings)
     upgrade(db_engine)  # Alembic: bring the schema to head before serving
     zoo = ZooState(session_factory(db_engine), BlobStore(settings.artifacts_dir))
@@ -90,7 +96,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(hf.router)
     # Added last = outermost: the size limit runs before anything reads the body.
-    app.add_middleware(RawResponseCache, paths={"/v1/recommendations"},
+    app.add_middleware(JsonPostFastPath, path="/v1/recommendations",
+                       handler=partial(recommendations.fast_answer, rules_engine, zoo),
                        generation=zoo.generation)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
         ("POST", "/v1/encoders", settings.max_upload_bytes),

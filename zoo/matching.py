@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,25 +21,26 @@ class EncoderFacts:
     feature_dim: int
 
 
-def rank_encoders(recommendation: dict[str, Any], encoders: list[EncoderFacts],
-                  limit: int = 5) -> list[dict[str, Any]]:
-    """Score each usable encoder; dims must match, everything else adds or explains."""
-    profile = recommendation["profile"]
+def rank_encoders(profile: dict[str, Any], ranked: Sequence[tuple[str, int, str]],
+                  encoders: list[EncoderFacts], limit: int = 5) -> list[dict[str, Any]]:
+    """Score each usable encoder; dims must match, everything else adds or explains.
+
+    `profile` is the resolved profile; `ranked` the recommended (method id, rank, family).
+    """
     wanted_dims = DIMS[profile["dimensionality"]]
     colour = bool(profile["properties"].get("color"))
-    ranked = recommendation["recommendations"]
     n = max(len(ranked), 1)
-    by_method = {r["id"]: r for r in ranked}
-    top_families = [r["family"] for r in ranked[:3]]
+    rank_of = {mid: rank for mid, rank, _ in ranked}
+    top_families = [family for _, _, family in ranked[:3]]
     out = []
     for enc in encoders:
         if enc.spatial_dims != wanted_dims:
             continue
         score, reasons = 0.0, []
-        rec = by_method.get(enc.method_id)
-        if rec is not None:
-            score += 3.0 * (n - rec["rank"] + 1) / n
-            reasons.append(f"pretrained with {enc.method_id}, recommended #{rec['rank']}")
+        rank = rank_of.get(enc.method_id)
+        if rank is not None:
+            score += 3.0 * (n - rank + 1) / n
+            reasons.append(f"pretrained with {enc.method_id}, recommended #{rank}")
         elif enc.family and enc.family in top_families:
             score += 1.0
             reasons.append(f"{enc.method_id} is in family {enc.family}, among the top "
