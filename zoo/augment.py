@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from . import rng
+
 KNOWN = {
     "random_resized_crop", "horizontal_flip", "vertical_flip", "rotation_90", "rotation_free",
     "small_rotation", "color_jitter", "random_grayscale", "stain_jitter", "gaussian_blur",
@@ -49,11 +51,11 @@ class Policy:
 
 def _uniform(n: int, lo: float, hi: float, device: torch.device,
              gen: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, device=device, generator=gen) * (hi - lo) + lo
+    return rng.rand((n,), gen, device) * (hi - lo) + lo
 
 
 def _coin(n: int, p: float, device: torch.device, gen: torch.Generator | None) -> torch.Tensor:
-    return torch.rand(n, device=device, generator=gen) < p
+    return rng.rand((n,), gen, device) < p
 
 
 def geometric(x: torch.Tensor, policy: Policy, gen: torch.Generator | None = None
@@ -77,12 +79,12 @@ def geometric(x: torch.Tensor, policy: Policy, gen: torch.Generator | None = Non
         flips[:, 1] = torch.where(_coin(n, 0.5, dev, gen), -1.0, 1.0)
     angle = torch.zeros(n, device=dev)
     if "rotation_90" in policy.ops:
-        angle = angle + torch.randint(0, 4, (n,), device=dev, generator=gen) * (math.pi / 2)
+        angle = angle + rng.randint(0, 4, (n,), gen, dev) * (math.pi / 2)
     if "rotation_free" in policy.ops:
         angle = angle + _uniform(n, -math.pi, math.pi, dev, gen)
     if "small_rotation" in policy.ops:
         angle = angle + _uniform(n, -math.pi / 18, math.pi / 18, dev, gen)
-    shift = (1 - scale) * (torch.rand(n, dims, device=dev, generator=gen) * 2 - 1)
+    shift = (1 - scale) * (rng.rand((n, dims), gen, dev) * 2 - 1)
     cos, sin = torch.cos(angle), torch.sin(angle)
     theta = torch.zeros(n, dims, dims + 1, device=dev)
     s = scale * flips
@@ -118,18 +120,18 @@ def photometric(x: torch.Tensor, policy: Policy, gen: torch.Generator | None = N
         gray = x.mean(1, keepdim=True)
         sat = ps(_uniform(n, 0.6, 1.4, dev, gen))
         x = gray + (x - gray) * sat
-        x = x * (1 + 0.1 * (torch.rand(n, 3, *([1] * dims), device=dev, generator=gen) - 0.5))
+        x = x * (1 + 0.1 * (rng.rand((n, 3, *([1] * dims)), gen, dev) - 0.5))
     if "stain_jitter" in ops:
         od = -torch.log(x.clamp(1e-3, 1.0))  # optical density: stains add linearly here
-        a = 1 + 0.1 * (torch.rand(n, 3, *([1] * dims), device=dev, generator=gen) * 2 - 1)
-        b = 0.05 * (torch.rand(n, 3, *([1] * dims), device=dev, generator=gen) * 2 - 1)
+        a = 1 + 0.1 * (rng.rand((n, 3, *([1] * dims)), gen, dev) * 2 - 1)
+        b = 0.05 * (rng.rand((n, 3, *([1] * dims)), gen, dev) * 2 - 1)
         x = torch.exp(-(od * a + b))
     if "random_grayscale" in ops:
         gray = x.mean(1, keepdim=True).expand_as(x)
         x = torch.where(ps(_coin(n, 0.2, dev, gen).float()) > 0, gray, x)
     if "gamma" in ops:
         x = x.clamp(0, 1) ** ps(torch.exp(_uniform(n, -0.3, 0.3, dev, gen)))
-    if "gaussian_blur" in ops and torch.rand((), generator=gen) < 0.5:
+    if "gaussian_blur" in ops and float(rng.rand((), gen)) < 0.5:
         sigma = float(_uniform(1, 0.1, 1.0, dev, gen))
         radius = 2
         k = torch.exp(-torch.arange(-radius, radius + 1, device=dev, dtype=x.dtype) ** 2
@@ -146,16 +148,16 @@ def photometric(x: torch.Tensor, policy: Policy, gen: torch.Generator | None = N
             x = conv(F.pad(x, pad, mode="reflect"), weight, groups=c)
     sigma = ps(_uniform(n, 0.0, 0.05, dev, gen))
     if "gaussian_noise" in ops:
-        x = x + sigma * torch.randn(x.shape, device=dev, generator=gen)
+        x = x + sigma * rng.randn(x.shape, gen, dev)
     if "rician_noise" in ops:
-        real = x + sigma * torch.randn(x.shape, device=dev, generator=gen)
-        imag = sigma * torch.randn(x.shape, device=dev, generator=gen)
+        real = x + sigma * rng.randn(x.shape, gen, dev)
+        imag = sigma * rng.randn(x.shape, gen, dev)
         x = torch.sqrt(real**2 + imag**2)
     if "speckle_noise" in ops:
-        x = x * (1 + 2 * sigma * torch.randn(x.shape, device=dev, generator=gen))
+        x = x * (1 + 2 * sigma * rng.randn(x.shape, gen, dev))
     if "poisson_noise" in ops:
         peak = ps(_uniform(n, 50.0, 255.0, dev, gen))
-        x = torch.poisson(x.clamp(min=0) * peak, generator=gen) / peak
+        x = rng.poisson(x.clamp(min=0) * peak, gen) / peak
     if "solarize" in ops:
         x = torch.where(ps(_coin(n, 0.2, dev, gen).float()) > 0,
                         torch.where(x > 0.5, 1 - x, x), x)
@@ -163,7 +165,7 @@ def photometric(x: torch.Tensor, policy: Policy, gen: torch.Generator | None = N
         size = x.shape[2:]
         mask = torch.ones_like(x[:, :1])
         for i in torch.nonzero(_coin(n, 0.25, dev, gen)).flatten().tolist():
-            lo = [int(torch.randint(0, max(1, s // 2), (1,), generator=gen)) for s in size]
+            lo = [int(rng.randint(0, max(1, s // 2), (1,), gen)) for s in size]
             sl = tuple(slice(a, a + max(1, s // 4)) for a, s in zip(lo, size, strict=True))
             mask[(i, 0, *sl)] = 0
         x = x * mask

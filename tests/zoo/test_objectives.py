@@ -44,6 +44,21 @@ def test_loss_is_finite_and_trains_the_encoder(method: str, dims: int) -> None:
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
 
 
+@pytest.mark.parametrize(("method", "dims"), CASES, ids=[f"{m}-{d}d" for m, d in CASES])
+def test_loss_under_bf16_autocast(method: str, dims: int) -> None:
+    """On CUDA the loop runs under bf16 autocast; CPU autocast reproduces its dtype mix
+    (in-place writes of bf16 results into fp32 buffers once failed only on a GPU)."""
+    torch.manual_seed(0)
+    kind = OBJECTIVES[method][1]
+    obj = build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    x = torch.rand(4, 1, *[28] * dims)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = obj.loss(x, POLICY, torch.Generator().manual_seed(0),
+                        groups=torch.tensor([0, 0, 1, 1]))
+    loss.backward()
+    assert torch.isfinite(loss.float())
+
+
 def test_wrong_encoder_kind_is_refused() -> None:
     with pytest.raises(ObjectiveError, match="vit"):
         build_objective("mae", encoder_for("cnn", 2))
@@ -122,3 +137,27 @@ def test_simclr_learns_on_real_images() -> None:
         opt.step()
         history.append(loss.item())
     assert sum(history[-8:]) / 8 < sum(history[:8]) / 8 - 0.2
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize(("method", "dims"), CASES, ids=[f"{m}-{d}d" for m, d in CASES])
+def test_pretrain_steps_with_every_augmentation(method: str, dims: int, device: str) -> None:
+    """The training loop as jobs run it: on CUDA it hands objectives a CUDA generator, and
+    every draw in the augmentations and objectives must work with it (it once did not)."""
+    from zoo.augment import KNOWN
+    from zoo.train import TrainConfig, pretrain
+
+    kind = OBJECTIVES[method][1]
+    obj = build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    policy = Policy.build(sorted(KNOWN), [], 1)
+    images = torch.randint(0, 256, (8, 1, *[28] * dims), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    history = pretrain(obj, images, policy,
+                       TrainConfig(epochs=1, batch_size=4, max_steps=2, device=device),
+                       groups=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert history and history[-1]["device"] == device
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in history)

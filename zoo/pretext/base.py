@@ -73,6 +73,12 @@ class EMA:
         self.module = copy.deepcopy(module).requires_grad_(False)
         self.momentum = momentum
 
+    def at(self, device: torch.device) -> nn.Module:
+        """The target, on `device`. It is deliberately not a registered submodule (its
+        weights must reach neither the optimiser nor the state dict), so moving the
+        objective does not move it: every use goes through here."""
+        return self.module.to(device)
+
     @torch.no_grad()
     def update(self, online: nn.Module) -> None:
         for t, o in zip(self.module.parameters(), online.parameters(), strict=True):

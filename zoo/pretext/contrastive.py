@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import rng
 from ..augment import augment, photometric
 from . import losses
 from .base import EMA, Objective, feature_map, mlp, standardise
@@ -32,7 +33,7 @@ class SimCLR(Objective):
 def group_partners(groups: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
     """For each sample, the index of another sample of the same group (itself if alone)."""
     partner = torch.arange(len(groups))
-    order = torch.randperm(len(groups), generator=gen)
+    order = rng.randperm(len(groups), gen)
     by_group: dict[int, list[int]] = {}
     for i in order.tolist():
         by_group.setdefault(int(groups[i]), []).append(i)
@@ -75,7 +76,8 @@ class MoCoV2(Objective):
         v1, v2 = self.views(x, policy, gen)
         q = self.projector(self.encoder(standardise(v1)))
         with torch.no_grad():
-            k = self.key.module["projector"](self.key.module["encoder"](standardise(v2)))
+            key = self.key.at(v2.device)
+            k = key["projector"](key["encoder"](standardise(v2)))
         # A snapshot: the queue is updated in place right after, while autograd needs it.
         loss = losses.info_nce_queue(q, k, self.queue.clone(), self.temperature)
         self._enqueue(F.normalize(k, dim=1))
@@ -85,11 +87,10 @@ class MoCoV2(Objective):
     def _enqueue(self, keys: torch.Tensor) -> None:
         n, size = keys.shape[0], self.queue.shape[0]
         idx = (self.pointer + torch.arange(n, device=keys.device)) % size
-        self.queue[idx] = keys
+        self.queue[idx] = keys.to(self.queue.dtype)  # keys are bf16 under CUDA autocast
         self.pointer.copy_((self.pointer + n) % size)
 
     def after_step(self) -> None:
-        self.key.module.to(self.queue.device)
         self.key.update(nn.ModuleDict({"encoder": self.encoder, "projector": self.projector}))
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import rng
 from ..augment import augment
 from . import losses
 from .base import Decoder, Objective, feature_map, need_vit, standardise
@@ -18,6 +19,8 @@ from .vitparts import (
     positions,
     transformer,
 )
+
+_CPU = torch.device("cpu")  # where host-side draws (loop indices, boxes) end up
 
 
 class MAE(Objective):
@@ -46,12 +49,12 @@ class MAE(Objective):
         tokens = embed_patches(vit, x) + positions(vit)
         b, n, _ = tokens.shape
         keep = max(1, int(round(n * (1 - self.mask_ratio))))
-        order = torch.argsort(torch.rand(b, n, generator=gen).to(x.device), dim=1)
+        order = torch.argsort(rng.rand((b, n), gen, x.device), dim=1)
         visible = order[:, :keep]
         encoded = transformer(vit, gather_tokens(tokens, visible))
         dec = self.mask_token.expand(b, n, -1).clone()
         dec.scatter_(1, visible[..., None].expand(-1, -1, dec.shape[-1]),
-                     self.to_decoder(encoded))
+                     self.to_decoder(encoded).to(dec.dtype))  # bf16 under autocast
         dec = dec + self.decoder_pos
         for block in self.decoder:
             dec = block(dec)
@@ -79,7 +82,7 @@ class SimMIM(Objective):
         x = standardise(augment(x, policy, gen))
         tokens = embed_patches(vit, x)
         b, n, _ = tokens.shape
-        mask = (torch.rand(b, n, generator=gen) < self.mask_ratio).float().to(x.device)
+        mask = (rng.rand((b, n), gen, x.device) < self.mask_ratio).float()
         tokens = tokens * (1 - mask[..., None]) + self.mask_token * mask[..., None]
         pred = self.head(transformer(vit, tokens + positions(vit)))
         target = patchify(x, vit.patch_size)
@@ -92,7 +95,7 @@ def bezier_intensity(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tens
     out = torch.empty_like(x)
     t = torch.linspace(0, 1, 256, device=x.device)
     for i in range(x.shape[0]):
-        p1, p2 = torch.rand(2, generator=gen), torch.rand(2, generator=gen)
+        p1, p2 = rng.rand((2,), gen, _CPU), rng.rand((2,), gen, _CPU)
         xs = 3 * (1 - t) ** 2 * t * p1[0] + 3 * (1 - t) * t**2 * p2[0] + t**3
         ys = 3 * (1 - t) ** 2 * t * p1[1] + 3 * (1 - t) * t**2 * p2[1] + t**3
         xs, order = torch.sort(xs)
@@ -101,15 +104,15 @@ def bezier_intensity(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tens
         x0, x1, y0, y1 = xs[idx - 1], xs[idx], ys[idx - 1], ys[idx]
         w = (x[i] - x0) / (x1 - x0).clamp(min=1e-6)
         y = y0 + w.clamp(0, 1) * (y1 - y0)
-        out[i] = 1 - y if torch.rand((), generator=gen) < 0.5 else y
+        out[i] = 1 - y if float(rng.rand((), gen)) < 0.5 else y
     return out
 
 
 def _box(size: list[int], lo: float, hi: float, gen: torch.Generator | None) -> tuple[slice, ...]:
     out = []
     for s in size:
-        length = max(1, int(s * float(torch.empty(()).uniform_(lo, hi, generator=gen))))
-        start = int(torch.randint(0, s - length + 1, (1,), generator=gen))
+        length = max(1, int(s * rng.uniform(lo, hi, gen)))
+        start = int(rng.randint(0, s - length + 1, (1,), gen))
         out.append(slice(start, start + length))
     return tuple(out)
 
@@ -120,27 +123,27 @@ def genesis_corrupt(x: torch.Tensor, gen: torch.Generator | None, p_intensity: f
     and in-painting or out-painting with noise."""
     x = x.clone()
     size = list(x.shape[2:])
-    use = torch.rand(x.shape[0], generator=gen) < p_intensity
+    use = rng.rand((x.shape[0],), gen, _CPU) < p_intensity
     if use.any():
         x[use] = bezier_intensity(x[use], gen)
     for i in range(x.shape[0]):
-        if torch.rand((), generator=gen) < p_shuffle:
+        if float(rng.rand((), gen)) < p_shuffle:
             for _ in range(8):
                 box = _box(size, 0.05, 0.2, gen)
                 patch = x[(i, slice(None), *box)]
                 flat = patch.reshape(patch.shape[0], -1)
-                perm = torch.randperm(flat.shape[1], generator=gen).to(x.device)
+                perm = rng.randperm(flat.shape[1], gen, x.device)
                 x[(i, slice(None), *box)] = flat[:, perm].reshape(patch.shape)
-        if torch.rand((), generator=gen) < p_paint:
-            if torch.rand((), generator=gen) < 0.5:  # in-painting
+        if float(rng.rand((), gen)) < p_paint:
+            if float(rng.rand((), gen)) < 0.5:  # in-painting
                 for _ in range(3):
                     box = _box(size, 0.1, 0.3, gen)
-                    x[(i, slice(None), *box)] = torch.rand(
-                        x[(i, slice(None), *box)].shape, generator=gen).to(x.device)
+                    x[(i, slice(None), *box)] = rng.rand(
+                        x[(i, slice(None), *box)].shape, gen, x.device)
             else:  # out-painting
                 keep = _box(size, 0.4, 0.7, gen)
                 kept = x[(i, slice(None), *keep)].clone()
-                x[i] = torch.rand(x[i].shape, generator=gen).to(x.device)
+                x[i] = rng.rand(x[i].shape, gen, x.device)
                 x[(i, slice(None), *keep)] = kept
     return x
 
@@ -154,9 +157,9 @@ def swap_patches(x: torch.Tensor, gen: torch.Generator | None, swaps: int = 10,
     side = [max(1, int(s * fraction)) for s in size]
     for i in range(x.shape[0]):
         for _ in range(swaps):
-            a = [int(torch.randint(0, s - p + 1, (1,), generator=gen)) for s, p in
+            a = [int(rng.randint(0, s - p + 1, (1,), gen)) for s, p in
                  zip(size, side, strict=True)]
-            b = [int(torch.randint(0, s - p + 1, (1,), generator=gen)) for s, p in
+            b = [int(rng.randint(0, s - p + 1, (1,), gen)) for s, p in
                  zip(size, side, strict=True)]
             sa = tuple(slice(u, u + p) for u, p in zip(a, side, strict=True))
             sb = tuple(slice(u, u + p) for u, p in zip(b, side, strict=True))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .. import rng
 from . import losses
 from .base import EMA, Objective, need_vit, standardise
 from .vitparts import (
@@ -24,13 +25,13 @@ def block_mask(grid: list[int], scale: tuple[float, float], gen: torch.Generator
     total = 1
     for g in grid:
         total *= g
-    area = float(torch.empty(()).uniform_(*scale, generator=gen)) * total
-    ratio = float(torch.empty(()).uniform_(*aspect, generator=gen))
+    area = rng.uniform(*scale, gen) * total
+    ratio = rng.uniform(*aspect, gen)
     sides = [area ** (1 / len(grid))] * len(grid)
     sides[0], sides[-1] = sides[0] * ratio**0.5, sides[-1] / ratio**0.5
     sides = [max(1, min(g, round(s))) for s, g in zip(sides, grid, strict=True)]
     mask = torch.zeros(grid, dtype=torch.bool)
-    start = [int(torch.randint(0, g - s + 1, (1,), generator=gen)) for g, s in
+    start = [int(rng.randint(0, g - s + 1, (1,), gen)) for g, s in
              zip(grid, sides, strict=True)]
     mask[tuple(slice(a, a + s) for a, s in zip(start, sides, strict=True))] = True
     return mask.flatten()
@@ -59,8 +60,7 @@ class IJEPA(Objective):
         x = standardise(x)  # JEPA uses no augmentation beyond the masking itself
         b = x.shape[0]
         with torch.no_grad():
-            self.target.module.to(x.device)
-            tv = self.target.module
+            tv = self.target.at(x.device)
             targets = transformer(tv, embed_patches(tv, x) + positions(tv))
         # One mask layout per batch keeps token counts equal across samples.
         t_masks = [block_mask(self.grid, self.t_scale, gen) for _ in range(self.blocks)]

@@ -26,8 +26,8 @@ class BYOL(Objective):
         p1 = self.predictor(self.projector(self.encoder(v1)))
         p2 = self.predictor(self.projector(self.encoder(v2)))
         with torch.no_grad():
-            self.target.module.to(v1.device)
-            z1, z2 = self.target.module(v1), self.target.module(v2)
+            target = self.target.at(v1.device)
+            z1, z2 = target(v1), target(v2)
         return (losses.byol_loss(p1, z2) + losses.byol_loss(p2, z1)) / 2
 
     def after_step(self) -> None:
@@ -55,8 +55,8 @@ class DINO(Objective):
         v1, v2 = (standardise(v) for v in self.views(x, policy, gen))
         s1, s2 = self.head(self.encoder(v1)), self.head(self.encoder(v2))
         with torch.no_grad():
-            self.teacher.module.to(v1.device)
-            t1, t2 = self.teacher.module(v1), self.teacher.module(v2)
+            teacher = self.teacher.at(v1.device)
+            t1, t2 = teacher(v1), teacher(v2)
         loss = (losses.dino_loss(s1, t2, self.center, self.t_s, self.t_t)
                 + losses.dino_loss(s2, t1, self.center, self.t_s, self.t_t)) / 2
         with torch.no_grad():

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import rng
 from ..augment import Policy, augment
 from .base import Objective, ObjectiveError, standardise
 
@@ -38,7 +39,7 @@ class RotationPrediction(Objective):
         safe = Policy({o for o in policy.ops if "rotation" not in o and o != "vertical_flip"},
                       policy.crop_scale)
         x = augment(x, safe, gen)
-        k = torch.randint(0, 4, (x.shape[0],), generator=gen).to(x.device)
+        k = rng.randint(0, 4, (x.shape[0],), gen, x.device)
         rotated = torch.stack([torch.rot90(img, int(r), dims=(-2, -1))
                                for img, r in zip(x, k, strict=True)])
         return F.cross_entropy(self.head(self.encoder(standardise(rotated))), k)
@@ -84,7 +85,7 @@ class Jigsaw(Objective):
     def shuffle(self, x: torch.Tensor, gen: torch.Generator | None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         tiles, _ = _tiles(x, self.grid)
-        label = torch.randint(0, len(self.perms), (x.shape[0],), generator=gen).to(x.device)
+        label = rng.randint(0, len(self.perms), (x.shape[0],), gen, x.device)
         idx = self.perms[label]
         shuffled = torch.gather(tiles, 1, idx.view(*idx.shape, *([1] * (tiles.dim() - 2)))
                                 .expand_as(tiles))
@@ -115,10 +116,10 @@ class RubiksCube(Jigsaw):
         x = augment(x, policy, gen)
         tiles, _ = _tiles(x, self.grid)
         b, t = tiles.shape[:2]
-        label = torch.randint(0, len(self.perms), (b,), generator=gen).to(x.device)
+        label = rng.randint(0, len(self.perms), (b,), gen, x.device)
         idx = self.perms[label]
         tiles = torch.gather(tiles, 1, idx.view(b, t, 1, 1, 1, 1).expand_as(tiles))
-        flips = (torch.rand(b, t, 2, generator=gen) < 0.5).to(x.device)
+        flips = rng.rand((b, t, 2), gen, x.device) < 0.5
         # 180 degrees about the vertical axis flips D and W; about the horizontal, D and H.
         about_v = torch.flip(tiles, dims=(3, 5))
         tiles = torch.where(flips[:, :, 0].view(b, t, 1, 1, 1, 1), about_v, tiles)
