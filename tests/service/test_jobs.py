@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import torch
 
 from tests.conftest import POSTGRES_URL, Server, postgres_available
 from tests.utils import DATA_DIR, card, fresh_postgres_database, upload_files, weights
@@ -88,7 +89,9 @@ def test_finetune_runs_to_a_new_encoder(server: tuple[str, int]) -> None:
     done = wait_for(lambda: (j := job(url, submitted["id"]))["status"] in
                     ("succeeded", "failed") and j)
     assert done["status"] == "succeeded", done["error"]
-    assert done["progress"]["epoch"] == 2 and done["device"] == "cpu"
+    # "auto" must pick the GPU where there is one (this suite also runs on a GPU machine).
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert done["progress"]["epoch"] == 2 and done["device"] == expected_device
     assert 0.5 <= done["result"]["evaluation"]["test_auc"] <= 1.0
     events = httpx.get(f"{url}/v1/jobs/{submitted['id']}/events", headers=h(ALICE)).json()
     kinds = [e["type"] for e in events["data"]]
