@@ -4,8 +4,15 @@
     (target p99 < 1 ms).
 (b) HTTP: requests/s of POST /v1/recommendations against a trivial JSON echo route
     added to the same app, served by the same uvicorn process, in the same run
-    (target ratio >= 0.8). Measured twice: with every profile distinct (no cache hit)
-    and with a working set of 200 profiles (the response cache answers).
+    (target ratio >= 0.8). Measured with every request distinct, so the raw response
+    cache never answers: first on a fresh server (the engine's per-signature memo starts
+    empty and fills), then, after a working set of 200 profiles (the response cache
+    answers), with a second set of distinct profiles never sent before (steady state: their
+    request bodies are new, their rule signatures mostly seen); and, on a second server
+    over the same state with TASKALIGN_RECOMMEND_MEMO_MB=0, distinct profiles with no memo
+    at all: every answer computed from scratch.
+    Measuring starts only once the seed zoo has finished registering in the background
+    (its ONNX exports would otherwise share the two cores with the server).
 
     .venv/bin/python bench/recommend.py [--seconds 5] [--connections 8]
 """
@@ -25,10 +32,12 @@ from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import encode_post, run_load  # noqa: E402
-from rules import TaskProfile, default_engine  # noqa: E402
+from rules import Engine, TaskProfile, default_engine  # noqa: E402
+from rules.engine import MEMO_BYTES  # noqa: E402
 
 
 def bench_app():  # noqa: ANN201 - uvicorn factory
@@ -76,23 +85,27 @@ def random_profiles(n: int, seed: int = 0) -> list[dict]:
     return out
 
 
-def engine_latency(profiles: list[dict]) -> dict[str, float]:
-    engine = default_engine()
+def engine_latency(profiles: list[dict], memo_bytes: int) -> dict[str, float]:
+    """Engine.evaluate (what the API calls) on a fresh engine: memo empty at the start."""
+    kb = default_engine().kb
     parsed = [TaskProfile.model_validate(p) for p in profiles]
-    for p in parsed[:200]:  # warm-up
-        engine.recommend(p)
+    warm = Engine(kb, memo_bytes=memo_bytes)
+    for p in random_profiles(200, seed=99):  # warm-up of the interpreter, other profiles
+        warm.evaluate(TaskProfile.model_validate(p))
+    engine = Engine(kb, memo_bytes=memo_bytes)
     times = []
     for p in parsed:
         t0 = time.perf_counter()
-        engine.recommend(p)
+        engine.evaluate(p)
         times.append(time.perf_counter() - t0)
     times.sort()
     return {"n": len(times), "p50_ms": times[len(times) // 2] * 1e3,
-            "p99_ms": times[int(len(times) * 0.99)] * 1e3, "max_ms": times[-1] * 1e3}
+            "p99_ms": times[int(len(times) * 0.99)] * 1e3, "max_ms": times[-1] * 1e3,
+            "memo_entries": len(engine.memo)}
 
 
-def start_server(port: int, home: Path) -> subprocess.Popen:
-    env = {**os.environ, "TASKALIGN_HOME": str(home)}
+def start_server(port: int, home: Path, **env_extra: str) -> subprocess.Popen:
+    env = {**os.environ, "TASKALIGN_HOME": str(home), **env_extra}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "bench.recommend:bench_app", "--factory",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
@@ -109,6 +122,18 @@ def start_server(port: int, home: Path) -> subprocess.Popen:
     raise RuntimeError("server did not start")
 
 
+def wait_for_seed_zoo(port: int, timeout: float = 600) -> int:
+    """Block until every shipped seed encoder is listed (background registration done)."""
+    expected = sum(1 for p in (ROOT / "zoo" / "seed").iterdir() if (p / "card.json").exists())
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        count = httpx.get(f"http://127.0.0.1:{port}/v1/encoders", timeout=5).json()["count"]
+        if count >= expected:
+            return count
+        time.sleep(1)
+    raise RuntimeError(f"seed zoo not registered after {timeout:.0f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -117,48 +142,62 @@ def main() -> None:
     args = ap.parse_args()
 
     profiles = random_profiles(10_000)
-    lat = engine_latency(profiles)
-    print(f"engine only, {lat['n']} profiles: p50 {lat['p50_ms']:.3f} ms, "
-          f"p99 {lat['p99_ms']:.3f} ms, max {lat['max_ms']:.3f} ms "
-          f"(target p99 < 1 ms: {'met' if lat['p99_ms'] < 1 else 'NOT met'})")
+    for label, memo in (("no memo", 0), ("memo, empty at start", MEMO_BYTES)):
+        lat = engine_latency(profiles, memo)
+        print(f"engine only ({label}), {lat['n']} profiles: p50 {lat['p50_ms']:.3f} ms, "
+              f"p99 {lat['p99_ms']:.3f} ms, max {lat['max_ms']:.3f} ms, "
+              f"{lat['memo_entries']} signatures memoised "
+              f"(target p99 < 1 ms: {'met' if lat['p99_ms'] < 1 else 'NOT met'})")
 
     import tempfile
 
+    distinct = [encode_post("/v1/recommendations", json.dumps(p).encode())
+                for p in random_profiles(60_000, seed=1)]
+    distinct_later = [encode_post("/v1/recommendations", json.dumps(p).encode())
+                      for p in random_profiles(60_000, seed=3)]
+    working_set = [encode_post("/v1/recommendations", json.dumps(p).encode())
+                   for p in random_profiles(200, seed=2)]
+    echo_bodies = [encode_post("/bench/echo", json.dumps(p).encode())
+                   for p in random_profiles(200, seed=2)]
+
+    def run(reqs: list[bytes]) -> dict[str, float]:
+        return asyncio.run(run_load("127.0.0.1", args.port, reqs, args.seconds,
+                                    args.connections))
+
+    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory() as home:
-        proc = start_server(args.port, Path(home))
-        try:
-            distinct = [encode_post("/v1/recommendations", json.dumps(p).encode())
-                        for p in random_profiles(60_000, seed=1)]
-            working_set = [encode_post("/v1/recommendations", json.dumps(p).encode())
-                           for p in random_profiles(200, seed=2)]
-            echo_bodies = [encode_post("/bench/echo", json.dumps(p).encode())
-                           for p in random_profiles(200, seed=2)]
+        for memo_mb in ("64", "0"):
+            proc = start_server(args.port, Path(home), TASKALIGN_RECOMMEND_MEMO_MB=memo_mb)
+            try:
+                encoders = wait_for_seed_zoo(args.port)
+                run(echo_bodies[:50])  # warm-up
+                tag = "" if memo_mb != "0" else ", no memo"
+                results[f"echo{tag}"] = run(echo_bodies)
+                results[f"recommend, distinct profiles{tag}"] = run(distinct)
+                if memo_mb != "0":
+                    results["recommend, 200-profile working set"] = run(working_set)
+                    results["recommend, new distinct profiles, steady"] = run(distinct_later)
+                results[f"echo (repeat){tag}"] = run(echo_bodies)
+            finally:
+                proc.terminate()
+                proc.wait(timeout=10)
 
-            def run(reqs: list[bytes]) -> dict[str, float]:
-                return asyncio.run(run_load("127.0.0.1", args.port, reqs, args.seconds,
-                                            args.connections))
-
-            run(echo_bodies[:50])  # warm-up
-            echo = run(echo_bodies)
-            cold = run(distinct)
-            warm = run(working_set)
-            echo_again = run(echo_bodies)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=10)
-
-    echo_rps = (echo["rps"] + echo_again["rps"]) / 2
     print(f"machine: {platform.machine()}, {os.cpu_count()} cpus, python "
-          f"{platform.python_version()}; {args.connections} connections, {args.seconds:g} s each")
-    for name, r in (("echo", echo), ("echo (repeat)", echo_again),
-                    ("recommend, distinct profiles", cold),
-                    ("recommend, 200-profile working set", warm)):
-        print(f"  {name:36s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
+          f"{platform.python_version()}; {args.connections} connections, {args.seconds:g} s "
+          f"each; {encoders} zoo encoders registered")
+    for name, r in results.items():
+        print(f"  {name:44s} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:6.2f} ms  "
               f"p99 {r['p99_ms']:6.2f} ms  non-2xx {r['non_2xx']}")
-    for name, r in (("distinct", cold), ("working set", warm)):
-        ratio = r["rps"] / echo_rps
-        print(f"ratio recommend/echo ({name}): {ratio:.2f} "
-              f"(target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+    for tag in ("", ", no memo"):
+        echo_rps = (results[f"echo{tag}"]["rps"] + results[f"echo (repeat){tag}"]["rps"]) / 2
+        names = ["recommend, distinct profiles"]
+        if not tag:
+            names += ["recommend, new distinct profiles, steady",
+                      "recommend, 200-profile working set"]
+        for name in names:
+            ratio = results[name + tag]["rps"] / echo_rps
+            print(f"ratio {name + tag} / echo: {ratio:.2f} "
+                  f"(target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
 
 
 if __name__ == "__main__":
