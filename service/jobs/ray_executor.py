@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 import threading
+import time
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -21,8 +23,12 @@ log = logging.getLogger("taskalign.ray")
 RAY_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def submission_id(job_id: int, attempt: int) -> str:
-    return f"taskalign-job-{job_id}-attempt-{attempt}"
+def submission_id(job_id: int, created_at: datetime, attempt: int) -> str:
+    """Ray's id for one attempt of a job: the same for a resubmission (idempotent), and
+    unique across databases sharing a cluster, which all count job ids from 1 (a reset
+    database or a second installation would otherwise adopt each other's Ray jobs)."""
+    stamp = queue.aware(created_at).strftime("%Y%m%dT%H%M%S%f")
+    return f"taskalign-job-{job_id}-{stamp}-attempt-{attempt}"
 
 
 class RayWorker:
@@ -41,7 +47,8 @@ class RayWorker:
         self.cancelling: set[int] = set()
 
     def submit(self, job: Any) -> str:
-        sub = submission_id(job.id, job.attempts)
+        self.stop_earlier_attempts(job)
+        sub = submission_id(job.id, job.created_at, job.attempts)
         gpus = 1 if job.params.get("device") == "cuda" else 0
         try:
             self.client.submit_job(
@@ -54,10 +61,35 @@ class RayWorker:
                 raise
         return sub
 
+    def stop_earlier_attempts(self, job: Any, wait_s: float = 60.0) -> None:
+        """A retry follows a dispatcher that died, but its Ray job lives on in the cluster:
+        stop every earlier attempt, and wait until Ray says it ended, so that no job ever
+        runs twice at once (a stale runner would also report into the job's row)."""
+        earlier = [submission_id(job.id, job.created_at, a) for a in range(1, job.attempts)]
+        deadline = time.monotonic() + wait_s
+        for sub in earlier:
+            try:
+                if self._status(sub) in RAY_TERMINAL:
+                    continue
+                self.client.stop_job(sub)
+                log.warning("job %s: stopped the earlier Ray job %s before retrying",
+                            job.id, sub)
+                while self._status(sub) not in RAY_TERMINAL:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"Ray job {sub} did not stop in {wait_s:.0f} s")
+                    time.sleep(0.5)
+            except RuntimeError as err:
+                if "does not exist" in str(err) or "404" in str(err):
+                    continue  # never reached Ray: nothing to stop
+                raise
+
+    def _status(self, sub: str) -> str:
+        return str(self.client.get_job_status(sub)).split(".")[-1]
+
     def tick(self) -> None:
         queue.reap(self.sessions, self.stale_after)
         for job_id, sub in list(self.running.items()):
-            status = str(self.client.get_job_status(sub)).split(".")[-1]
+            status = self._status(sub)
             if status in RAY_TERMINAL:
                 del self.running[job_id]
                 if status != "SUCCEEDED":
@@ -85,15 +117,15 @@ class RayWorker:
             stop.wait(self.poll)
 
 
-def ray_logs(address: str, job_id: int, attempts: int) -> str:
+def ray_logs(address: str, job: Any) -> str:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)
     out = []
-    for attempt in range(1, attempts + 1):
+    for attempt in range(1, job.attempts + 1):
+        sub = submission_id(job.id, job.created_at, attempt)
         try:
-            out.append(f"--- ray {submission_id(job_id, attempt)} ---\n"
-                       + client.get_job_logs(submission_id(job_id, attempt)))
+            out.append(f"--- ray {sub} ---\n" + client.get_job_logs(sub))
         except RuntimeError:
             continue
     return "".join(out)

@@ -278,7 +278,7 @@ def job_logs(job_id: int, user: UserDep, zoo: ZooDep, settings: SettingsDep) -> 
     if job.worker and job.worker.startswith("ray:"):
         from ..jobs.ray_executor import ray_logs
 
-        return ray_logs(job.worker[4:], job_id, job.attempts)
+        return ray_logs(job.worker[4:], job)
     folder = settings.home / "jobs" / str(job_id)
     parts = sorted(folder.glob("attempt-*.log")) if folder.exists() else []
     return "".join(f"--- {p.stem} ---\n{p.read_text(errors='replace')}" for p in parts)
