@@ -424,5 +424,6 @@ def default_engine() -> Engine:
     return Engine(load_knowledge())
 
 
-def engine_from(root: Path) -> Engine:
-    return Engine(load_knowledge(root))
+def engine_from(root: Path | None = None, memo_bytes: int = MEMO_BYTES) -> Engine:
+    """A new engine over a knowledge directory (the packaged one by default)."""
+    return Engine(load_knowledge(root), memo_bytes=memo_bytes)

@@ -10,7 +10,7 @@ from functools import partial
 
 from fastapi import APIRouter, FastAPI
 
-from rules import Engine, default_engine, load_knowledge
+from rules import default_engine, engine_from
 from rules.engine import MEMO_BYTES
 from zoo.storage import BlobStore
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.rules_dir is None and memo_bytes == MEMO_BYTES:
         rules_engine = default_engine()  # shared with the CLI and jobs in this process
     else:
-        rules_engine = Engine(load_knowledge(settings.rules_dir), memo_bytes=memo_bytes)
+        rules_engine = engine_from(settings.rules_dir, memo_bytes)
     db_engine = make_engine(settings)
     upgrade(db_engine)  # Alembic: bring the schema to head before serving
     zoo = ZooState(session_factory(db_engine), BlobStore(settings.artifacts_dir))

@@ -26,6 +26,12 @@ def encoder_for(kind: str, dims: int):  # noqa: ANN201
     return build_encoder("resnet18", dims, 1, [28] * dims, {"widths": [8, 8, 16, 16]})
 
 
+def objective_for(method: str, dims: int):  # noqa: ANN201
+    """The objective on a small encoder of the kind it needs (ViT or CNN)."""
+    kind = OBJECTIVES[method][1]
+    return build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+
+
 CASES = [(m, d) for m, (_, kind) in OBJECTIVES.items() for d in (2, 3)
          if not (m == "rubiks_cube" and d == 2) and not (m == "jigsaw" and d == 3)]
 
@@ -33,8 +39,7 @@ CASES = [(m, d) for m, (_, kind) in OBJECTIVES.items() for d in (2, 3)
 @pytest.mark.parametrize(("method", "dims"), CASES, ids=[f"{m}-{d}d" for m, d in CASES])
 def test_loss_is_finite_and_trains_the_encoder(method: str, dims: int) -> None:
     torch.manual_seed(0)
-    kind = OBJECTIVES[method][1]
-    obj = build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    obj = objective_for(method, dims)
     x = torch.rand(6 if dims == 2 else 4, 1, *[28] * dims)
     loss = obj.loss(x, POLICY, torch.Generator().manual_seed(0),
                     groups=torch.tensor([0, 0, 1, 1, 2, 2][: x.shape[0]]))
@@ -49,8 +54,7 @@ def test_loss_under_bf16_autocast(method: str, dims: int) -> None:
     """On CUDA the loop runs under bf16 autocast; CPU autocast reproduces its dtype mix
     (in-place writes of bf16 results into fp32 buffers once failed only on a GPU)."""
     torch.manual_seed(0)
-    kind = OBJECTIVES[method][1]
-    obj = build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    obj = objective_for(method, dims)
     x = torch.rand(4, 1, *[28] * dims)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = obj.loss(x, POLICY, torch.Generator().manual_seed(0),
@@ -151,8 +155,7 @@ def test_pretrain_steps_with_every_augmentation(method: str, dims: int, device: 
     from zoo.augment import KNOWN
     from zoo.train import TrainConfig, pretrain
 
-    kind = OBJECTIVES[method][1]
-    obj = build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    obj = objective_for(method, dims)
     policy = Policy.build(sorted(KNOWN), [], 1)
     images = torch.randint(0, 256, (8, 1, *[28] * dims), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
