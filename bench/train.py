@@ -1,4 +1,4 @@
-"""Images per second of a pretraining step in our training loop (zoo.train.pretrain)
+"""Images per second of a pretraining step in our training loop (zoo.training.train.pretrain)
 against a bare PyTorch loop with the same model, batch, objective and augmentations,
 in the same run. Target: >= 0.9 of the bare loop on CPU. With --device cuda both loops
 run on the GPU; the bare loop then uses the same bf16 autocast and channels-last as ours,
@@ -22,10 +22,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from zoo.architectures import build_encoder  # noqa: E402
-from zoo.augment import Policy  # noqa: E402
-from zoo.data import load_dataset  # noqa: E402
-from zoo.pretext.registry import build_objective  # noqa: E402
-from zoo.train import TrainConfig, pretrain, to_unit  # noqa: E402
+from zoo.datasets.readers import load_dataset  # noqa: E402
+from zoo.training.augment import Policy  # noqa: E402
+from zoo.training.pretext.registry import build_objective  # noqa: E402
+from zoo.training.train import TrainConfig, pretrain, to_unit  # noqa: E402
 
 POLICY = ["random_resized_crop", "horizontal_flip", "gaussian_blur", "intensity_shift"]
 

@@ -255,8 +255,8 @@ def evaluate(
     import torch
 
     from zoo.architectures import build_encoder
-    from zoo.build import EvalPlan, evaluate_encoder
-    from zoo.data import DataError, load_dataset
+    from zoo.datasets.readers import DataError, load_dataset
+    from zoo.training.build import EvalPlan, evaluate_encoder
 
     try:
         ds = load_dataset(dataset)

@@ -185,9 +185,9 @@ def build(recipes: Annotated[list[str] | None, typer.Argument(
           register: Annotated[bool, typer.Option(help="Register in the local zoo.")] = True
           ) -> None:
     """Pretrain, evaluate and register encoders from recipes (progress shown per epoch)."""
-    from zoo.build import build as build_one
-    from zoo.build import load_recipes, register_seed_zoo
     from zoo.local import local_registry
+    from zoo.training.build import build as build_one
+    from zoo.training.build import load_recipes, register_seed_zoo
 
     from .config import get_settings
     from .db import make_engine

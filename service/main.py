@@ -34,7 +34,7 @@ pretext methods with hyperparameters, augmentations, warnings and the evidence b
 
 
 def _register_seeds(zoo: ZooState) -> None:
-    from zoo.build import register_seed_zoo
+    from zoo.training.build import register_seed_zoo
 
     try:
         added = register_seed_zoo(zoo.registry, log=log.warning)

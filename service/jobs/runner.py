@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from zoo.catalog import DatasetRow
-from zoo.data import Dataset, load_folder, load_npz
+from zoo.datasets.readers import Dataset, load_folder, load_npz
 
 from ..config import get_settings
 from ..db import make_engine, session_factory
@@ -35,7 +35,9 @@ def run_finetune(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, 
     from safetensors.torch import save
 
     from zoo.cards import StoredCard
-    from zoo.evaluate import (
+    from zoo.loader import _build
+    from zoo.registry import WEIGHTS, Registry, prepare
+    from zoo.training.evaluate import (
         FineTuneConfig,
         features,
         fine_tune,
@@ -43,8 +45,6 @@ def run_finetune(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, 
         linear_probe,
         medmnist_metrics,
     )
-    from zoo.loader import _build
-    from zoo.registry import WEIGHTS, Registry, prepare
 
     p = job.params
     registry = Registry(sessions, store)
@@ -124,8 +124,8 @@ def run_finetune(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, 
 def run_pretrain(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, Any]:
     import json
 
-    from zoo.build import EvalPlan, Recipe, build
     from zoo.registry import Registry, prepare
+    from zoo.training.build import EvalPlan, Recipe, build
 
     from ..config import get_settings
 

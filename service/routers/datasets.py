@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 
 from zoo.cards import now
 from zoo.catalog import DatasetRow
-from zoo.data import DataError, Dataset, load_folder, load_npz
-from zoo.ingest import check, from_npz_bytes, from_zip_bytes, summarise, to_npz_bytes
+from zoo.datasets.ingest import check, from_npz_bytes, from_zip_bytes, summarise, to_npz_bytes
+from zoo.datasets.readers import DataError, Dataset, load_folder, load_npz
 
 from ..auth import UserDep
 from ..deps import SettingsDep, ZooDep

@@ -129,9 +129,9 @@ def resolve(spec: JobCreate, user: User, zoo: Any, engine: Any) -> dict[str, Any
 
 
 def resolve_pretrain(spec: JobCreate, ds: dict[str, Any]) -> dict[str, Any]:
-    from zoo.build import Recipe, plan_from_rules
     from zoo.cards import NAME_PATTERN
-    from zoo.pretext.registry import OBJECTIVES
+    from zoo.training.build import Recipe, plan_from_rules
+    from zoo.training.pretext.registry import OBJECTIVES
 
     if not spec.method or spec.method not in OBJECTIVES:
         raise _bad("method", f"pretrain needs an implemented method; one of "

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from tests.conftest import Server
-from zoo.build import load_recipes, seed_folders
+from zoo.training.build import load_recipes, seed_folders
 
 SEEDS = seed_folders()
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from zoo.augment import Policy, augment, geometric, photometric
+from zoo.training.augment import Policy, augment, geometric, photometric
 
 
 def test_policy_honours_avoid_and_channels() -> None:

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from zoo.evaluate import knn, label_subset, linear_probe, medmnist_metrics, roc_auc
+from zoo.training.evaluate import knn, label_subset, linear_probe, medmnist_metrics, roc_auc
 
 
 def naive_auc(scores: list[float], labels: list[int]) -> float:

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from zoo.pretext import losses
+from zoo.training.pretext import losses
 
 torch.manual_seed(0)
 

@@ -8,12 +8,12 @@ import torch
 
 from tests.utils import medmnist
 from zoo.architectures import build_encoder
-from zoo.augment import Policy
-from zoo.pretext.base import EMA
-from zoo.pretext.contrastive import group_partners
-from zoo.pretext.generative import swap_patches
-from zoo.pretext.predictive import RubiksCube, _tiles, _untile
-from zoo.pretext.registry import OBJECTIVES, ObjectiveError, build_objective
+from zoo.training.augment import Policy
+from zoo.training.pretext.base import EMA
+from zoo.training.pretext.contrastive import group_partners
+from zoo.training.pretext.generative import swap_patches
+from zoo.training.pretext.predictive import RubiksCube, _tiles, _untile
+from zoo.training.pretext.registry import OBJECTIVES, ObjectiveError, build_objective
 
 POLICY = Policy.build(["random_resized_crop", "horizontal_flip", "intensity_shift"], [], 1)
 VIT = {2: {"patch_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 3},
@@ -152,8 +152,8 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
 def test_pretrain_steps_with_every_augmentation(method: str, dims: int, device: str) -> None:
     """The training loop as jobs run it: on CUDA it hands objectives a CUDA generator, and
     every draw in the augmentations and objectives must work with it (it once did not)."""
-    from zoo.augment import KNOWN
-    from zoo.train import TrainConfig, pretrain
+    from zoo.training.augment import KNOWN
+    from zoo.training.train import TrainConfig, pretrain
 
     obj = objective_for(method, dims)
     policy = Policy.build(sorted(KNOWN), [], 1)

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import SPLITS, DataError, Dataset, load_folder, load_npz
+from .readers import SPLITS, DataError, Dataset, load_folder, load_npz
 
 MAX_ENTRIES = 100_000
 MAX_RATIO = 200

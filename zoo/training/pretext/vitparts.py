@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..architectures import ViTEncoder
+from zoo.architectures import ViTEncoder
+
 from .predictive import _tiles
 
 

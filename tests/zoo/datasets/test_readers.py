@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.utils import DATA_DIR, medmnist, png_bytes
-from zoo.data import DataError, fetch, load_dataset, load_folder, load_npz, registry
+from zoo.datasets.readers import DataError, fetch, load_dataset, load_folder, load_npz, registry
 
 
 @pytest.fixture(autouse=True)

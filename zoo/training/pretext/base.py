@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..architectures import ResNetEncoder, ViTEncoder
+from zoo.architectures import ResNetEncoder, ViTEncoder
+
 from ..augment import Policy, augment
 
 

@@ -21,10 +21,11 @@ import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .architectures import build_encoder
+from zoo.architectures import build_encoder
+from zoo.cards import EncoderCard
+from zoo.datasets.readers import Dataset, load_dataset
+
 from .augment import Policy
-from .cards import EncoderCard
-from .data import Dataset, load_dataset
 from .evaluate import (
     FineTuneConfig,
     features,
@@ -38,7 +39,7 @@ from .pretext.registry import OBJECTIVES, build_objective
 from .train import TrainConfig, pretrain
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
-SEED_DIR = Path(__file__).with_name("seed")
+SEED_DIR = Path(__file__).resolve().parents[1] / "seed"
 
 
 class EvalPlan(BaseModel):
@@ -231,7 +232,7 @@ def seed_folders(root: Path | None = None) -> list[Path]:
 def register_seed_zoo(registry: Any, root: Path | None = None,
                       log: Callable[[str], None] = print) -> list[str]:
     """Register every shipped seed encoder the registry does not have yet."""
-    from .registry import RegistrationError, prepare
+    from zoo.registry import RegistrationError, prepare
 
     added = []
     known = set(registry.names())
