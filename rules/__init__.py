@@ -6,10 +6,11 @@ Imports only pydantic and PyYAML, so it loads and answers in milliseconds.
 from .engine import Engine, default_engine, engine_from
 from .knowledge import Knowledge, KnowledgeError, load_knowledge
 from .profile import ProfileConflict, TaskProfile
-from .recommendation import Recommendation
+from .recommendation import FinetuneDefaults, Recommendation
 
 __all__ = [
     "Engine",
+    "FinetuneDefaults",
     "Knowledge",
     "KnowledgeError",
     "ProfileConflict",

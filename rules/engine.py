@@ -25,7 +25,7 @@ from pydantic_core import to_json
 
 from .knowledge import HyperparameterEffect, Knowledge, LoadedRule, Method, RefId, load_knowledge
 from .profile import TaskProfile, facts_of, resolve_dicts
-from .recommendation import EngineInfo, Recommendation
+from .recommendation import EngineInfo, FinetuneDefaults, Recommendation
 
 # Serialised outcomes kept per engine; a default answer is about 17 KB.
 MEMO_BYTES = 64 * 1024 * 1024
@@ -211,6 +211,25 @@ class Engine:
             b"}",
         ))
         return Evaluation(json=body, profile=resolved, ranked=outcome.ranked)
+
+    def finetune_defaults(self, profile: TaskProfile) -> FinetuneDefaults:
+        """Fine-tuning settings for a profile, each with the entry that set it; raises
+        ProfileConflict like `evaluate`."""
+        resolved, _, _ = resolve_dicts(profile, self.kb.vocabulary)
+        facts = facts_of(resolved)
+        values: dict[str, dict[str, Any]] = {}
+        for loaded in self.kb.finetune:
+            if loaded.predicate is not None and not loaded.predicate(facts):
+                continue
+            entry = loaded.entry
+            for name, value in entry.set:
+                if value is not None:
+                    values[name] = {"value": value, "rule": entry.id, "sections": entry.sections,
+                                    "evidence": self.evidence(entry.refs),
+                                    "source": entry.source}
+        return FinetuneDefaults.model_validate({
+            "task": resolved["task"], "label_regime": resolved["label_regime"],
+            "label_regime_source": resolved["label_regime_source"], **values})
 
     # -- computed once per eligibility key or signature -----------------------------------
 

@@ -4,6 +4,7 @@ Table 3 and the rule tables. Any inconsistency stops loading with the file and r
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -169,6 +170,40 @@ class RegimeAdvice(Strict):
     sections: list[str]
 
 
+class FinetuneValues(Strict):
+    """The values a fine-tuning entry may set; the first entry of the table sets them all."""
+
+    mode: Literal["linear_probe", "full"] | None = None
+    epochs: int | None = Field(None, ge=1, le=500)
+    lr: float | None = Field(None, gt=0, le=1)
+    encoder_lr_multiplier: float | None = Field(None, ge=0, le=1)
+    batch_size: int | None = Field(None, ge=2, le=4096)
+    augmentations: list[str] | None = None
+
+
+class FinetuneEntry(Strict):
+    id: str = Field(pattern=r"^[a-z0-9_.]+$")
+    description: str
+    when: dict[str, Any] | None = None
+    set: FinetuneValues
+    rationale: str
+    refs: list[RefId] = []
+    sections: list[str] = []
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _cited(self) -> FinetuneEntry:
+        if not (self.refs or self.sections or self.source):
+            raise ValueError("give refs/sections from the review, or `source:` when it is ours")
+        return self
+
+
+@dataclass
+class LoadedFinetuneEntry:
+    entry: FinetuneEntry
+    predicate: Predicate | None  # None: always applies
+
+
 @dataclass
 class LoadedRule:
     rule: Rule
@@ -188,6 +223,7 @@ class Knowledge:
     regime_advice: dict[str, RegimeAdvice]
     rules: list[LoadedRule]
     needs: dict[str, tuple[Predicate, str]]
+    finetune: list[LoadedFinetuneEntry]
     fingerprint: str
     files: list[str] = field(default_factory=list)
 
@@ -382,6 +418,8 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
                 selected.append(picked)
             rules.append(LoadedRule(rule=rule, file=rel, predicate=predicate, selected=selected))
 
+    finetune = _load_finetune(read("tables/finetune.yaml"), domains, check_refs, check_augs)
+
     return Knowledge(
         vocabulary=vocab,
         methods=methods,
@@ -391,6 +429,35 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
         regime_advice=regime_advice,
         rules=rules,
         needs=needs,
+        finetune=finetune,
         fingerprint=digest.hexdigest()[:16],
         files=files,
     )
+
+
+def _load_finetune(doc: Any, domains: dict[str, set[str] | None],
+                   check_refs: Callable[[str, str, list[RefId]], None],
+                   check_augs: Callable[[str, str, list[str]], None]
+                   ) -> list[LoadedFinetuneEntry]:
+    rel = "tables/finetune.yaml"
+    loaded: list[LoadedFinetuneEntry] = []
+    for i, raw in enumerate(doc.get("settings") or []):
+        name = str(raw.get("id", "?")) if isinstance(raw, dict) else f"settings[{i}]"
+        try:
+            entry = FinetuneEntry.model_validate(raw)
+            predicate = None if entry.when is None else compile_condition(entry.when, domains)
+        except (ValidationError, ConditionError) as err:
+            raise KnowledgeError(rel, name, str(err)) from None
+        if any(e.entry.id == entry.id for e in loaded):
+            raise KnowledgeError(rel, name, "duplicate id")
+        check_refs(rel, name, entry.refs)
+        check_augs(rel, name, entry.set.augmentations or [])
+        loaded.append(LoadedFinetuneEntry(entry, predicate))
+    if not loaded:
+        raise KnowledgeError(rel, "settings", "no entries")
+    first = loaded[0].entry
+    unset = [k for k, v in first.set if v is None]
+    if first.when is not None or unset:
+        raise KnowledgeError(rel, first.id, "the first entry must apply always (no `when`) and "
+                             f"set every value; missing {unset}")
+    return loaded

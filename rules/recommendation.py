@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -112,3 +112,31 @@ class Recommendation(BaseModel):
     alignment_note: str
     trace: list[TraceEntry]
     engine: EngineInfo
+
+
+T = TypeVar("T")
+
+
+class Sourced(BaseModel, Generic[T]):
+    """A default value and where it came from: the table entry, the review's sections and
+    references, or `source` when the value is the project's own choice."""
+
+    value: T
+    rule: str
+    sections: list[str]
+    evidence: list[Evidence]
+    source: str | None = None
+
+
+class FinetuneDefaults(BaseModel):
+    """Fine-tuning settings for a profile (rules/tables/finetune.yaml)."""
+
+    task: str
+    label_regime: str
+    label_regime_source: str
+    mode: Sourced[Literal["linear_probe", "full"]]
+    epochs: Sourced[int]
+    lr: Sourced[float]
+    encoder_lr_multiplier: Sourced[float]
+    batch_size: Sourced[int]
+    augmentations: Sourced[list[str]]
