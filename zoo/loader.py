@@ -12,7 +12,8 @@ from .cards import StoredCard
 from .registry import CONFIG, WEIGHTS
 
 
-def _build(config: dict[str, Any], weights_path: Path) -> Any:
+def build_from_card(config: dict[str, Any], weights_path: Path) -> Any:
+    """An eval-mode encoder from a card (config.json) and its safetensors weights."""
     from safetensors.torch import load_file
 
     from .architectures import build_encoder
@@ -43,7 +44,7 @@ def load_encoder(name: str, revision: str | None = None, endpoint: str | None = 
         folder = Path(snapshot_download(
             f"taskalign/{name}", revision=revision, endpoint=endpoint.rstrip("/") + "/hf",
             cache_dir=cache_dir, local_files_only=local_files_only))
-        return _build(json.loads((folder / CONFIG).read_text()), folder / WEIGHTS)
+        return build_from_card(json.loads((folder / CONFIG).read_text()), folder / WEIGHTS)
 
     from .local import local_registry
 
@@ -53,4 +54,4 @@ def load_encoder(name: str, revision: str | None = None, endpoint: str | None = 
             raise LookupError(f"no encoder '{name}' (revision {revision or 'latest'}) in the "
                               "local zoo (TASKALIGN_HOME)")
         weights = next(f for f in rev.files if f.filename == WEIGHTS)
-        return _build(rev.card, registry.store.path(weights.sha256))
+        return build_from_card(rev.card, registry.store.path(weights.sha256))

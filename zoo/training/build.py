@@ -19,11 +19,12 @@ from typing import Any
 
 import torch
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from zoo.architectures import build_encoder
 from zoo.cards import EncoderCard
 from zoo.datasets.readers import Dataset, load_dataset
+from zoo.presets import preset
 
 from .augment import Policy
 from .evaluate import (
@@ -59,12 +60,24 @@ class Recipe(BaseModel):
     name: str
     method: str
     dataset: str
-    architecture: dict[str, Any]
+    architecture: dict[str, Any] = Field(
+        description="A preset name from zoo/presets.yaml (e.g. resnet18-2d), or "
+                    "{name, args} for build_encoder.")
     profile: dict[str, Any]
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
     train: dict[str, Any] = Field(default_factory=dict)
     evaluate: EvalPlan = Field(default_factory=EvalPlan)
     description: str = ""
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _preset(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return preset(value).spec()
+            except KeyError as err:
+                raise ValueError(err.args[0]) from None
+        return value
 
 
 def load_recipes(names: list[str] | None = None) -> list[tuple[Path, Recipe]]:

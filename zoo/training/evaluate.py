@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .augment import Policy, augment
 from .train import pick_device, to_unit
 
 
@@ -108,11 +109,17 @@ def knn(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, clas
 
 @dataclass
 class FineTuneConfig:
+    """Defaults follow the MedMNIST v2 baselines (Adam, 1e-3, batch 128); jobs take theirs
+    from rules/tables/finetune.yaml."""
+
     epochs: int = 20
     batch_size: int = 128
     lr: float = 1e-3
     seed: int = 0
     device: str = "auto"
+    # Encoder learning rate as a fraction of the head's (review 6.3: lower for the encoder).
+    encoder_lr_multiplier: float = 1.0
+    augment: Policy | None = None  # random views of each training batch; None: none
 
 
 def fine_tune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Tensor,
@@ -127,12 +134,17 @@ def fine_tune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Ten
     gen = torch.Generator().manual_seed(config.seed)
     model = nn.Sequential(copy.deepcopy(encoder), nn.Linear(encoder.feature_dim, classes))
     model.to(device)
-    x = (to_unit(train_images.to(device)) - 0.5) / 0.5
-    if device.type == "cuda" and x.dim() == 4:  # channels-last convolutions on the GPU
+    x = to_unit(train_images.to(device))  # in [0, 1]; normalised per batch, after augmenting
+    channels_last = device.type == "cuda" and x.dim() == 4  # faster convolutions on the GPU
+    if channels_last:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
     y = train_y.to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr)
+    policy = config.augment if config.augment and config.augment.ops else None
+    aug_gen = torch.Generator(device=device).manual_seed(config.seed) if policy else None
+    opt = torch.optim.Adam([
+        {"params": model[0].parameters(), "lr": config.lr * config.encoder_lr_multiplier},
+        {"params": model[1].parameters(), "lr": config.lr}])
     steps = max(1, math.ceil(len(x) / config.batch_size)) * config.epochs
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     best, best_state = -1.0, None
@@ -143,8 +155,12 @@ def fine_tune(encoder: nn.Module, train_images: torch.Tensor, train_y: torch.Ten
             idx = order[i:i + config.batch_size]
             if len(idx) < 2:
                 continue
+            batch = x[idx]
+            if policy:
+                batch = augment(batch, policy, aug_gen)
+            batch = (batch - 0.5) / 0.5
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = F.cross_entropy(model(x[idx]), y[idx])
+                loss = F.cross_entropy(model(batch), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
