@@ -11,6 +11,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from rules import ProfileConflict
+from zoo.registry import RegistrationConflict, RegistrationError
+
+from .problems import Invalid, Problem
 
 log = logging.getLogger("taskalign")
 
@@ -45,3 +48,18 @@ def install(app: FastAPI) -> None:
         loc = ["body", *exc.field.split(".")]
         return JSONResponse(status_code=422, content={
             "detail": [{"loc": loc, "msg": exc.reason, "type": "contradiction"}]})
+
+    @app.exception_handler(Problem)
+    async def _problem(_: Request, exc: Problem) -> JSONResponse:
+        if isinstance(exc, Invalid):  # the same shape as a failed request validation
+            return JSONResponse(status_code=exc.status, content={"detail": [
+                {"loc": ["body", *exc.field.split(".")], "msg": exc.message,
+                 "type": exc.code}]})
+        return JSONResponse(status_code=exc.status, content={"detail": exc.message})
+
+    @app.exception_handler(RegistrationError)
+    async def _registration(_: Request, exc: RegistrationError) -> JSONResponse:
+        status = 409 if isinstance(exc, RegistrationConflict) else 422
+        return JSONResponse(status_code=status, content={"detail": [
+            {"loc": ["body", *exc.field.split(".")], "msg": str(exc),
+             "type": "registration"}]})

@@ -101,6 +101,18 @@ class EncoderCard(BaseModel):
         return v
 
 
+# Fields of a StoredCard that the server measures or assigns. A card downloaded from the
+# zoo carries them; on upload they are dropped and computed again, never trusted.
+SERVER_FIELDS = ("revision", "commit", "created_at", "feature_dim",
+                 "onnx_parity_max_abs_diff", "files")
+
+
+def declared_part(card: dict[str, Any]) -> dict[str, Any]:
+    """What an uploader declares: a served card (config.json) less the server's fields, so
+    that a downloaded card can be uploaded again as a new revision."""
+    return {k: v for k, v in card.items() if k not in SERVER_FIELDS}
+
+
 class StoredCard(EncoderCard):
     """The card as served: declared facts plus what the server measured and stored."""
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .cards import StoredCard
+from .cards import StoredCard, declared_part
 from .registry import CONFIG, FILES, ONNX, README, WEIGHTS, Registry, prepare
 from .storage import sha256_file
 
@@ -73,9 +73,7 @@ def pull(registry: Registry, repo_id: str, endpoint: str | None = None,
             if on_file:
                 on_file(filename)
         card: dict[str, Any] = json.loads((folder / CONFIG).read_text())
-        declared = {k: v for k, v in card.items()
-                    if k not in ("revision", "commit", "created_at", "feature_dim",
-                                 "onnx_parity_max_abs_diff", "files")}
+        declared = declared_part(card)
         declared["lineage"] = {**declared.get("lineage", {}), "pulled_from": endpoint or "hub",
                                "repo": repo_id, "source_commit": commit}
         prepared = prepare(declared, (folder / WEIGHTS).read_bytes(),

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from .cards import EncoderCard, FileEntry, StoredCard, now
+from .cards import EncoderCard, FileEntry, StoredCard, declared_part, now
 from .catalog import EncoderRow, FileRow, RevisionRow
 from .storage import BlobStore
 
@@ -34,9 +34,13 @@ FILES = (CONFIG, README, WEIGHTS, ONNX)
 class RegistrationError(ValueError):
     """The upload is refused; `field` says which part, the message says why."""
 
-    def __init__(self, field: str, message: str, status: int = 422):
-        self.field, self.status = field, status
+    def __init__(self, field: str, message: str):
+        self.field = field
         super().__init__(message)
+
+
+class RegistrationConflict(RegistrationError):
+    """The upload repeats the latest revision (same weights, same card)."""
 
 
 def _detail(err: ValidationError) -> str:
@@ -72,6 +76,8 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
     """Validate and convert an upload; nothing is stored yet.
 
     With `onnx` given (a mirrored encoder), that file is verified instead of re-exported.
+    Fields the server computes (revision, files, feature_dim, parity...) are ignored, so
+    a card downloaded from a zoo uploads again unchanged; they are measured anew.
     """
     import torch
     from safetensors.torch import load as load_safetensors
@@ -80,7 +86,7 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
     from .export import PARITY_TOLERANCE, ExportError, export_onnx, parity, probe_input
 
     try:
-        card = EncoderCard.model_validate(card_data)
+        card = EncoderCard.model_validate(declared_part(card_data))
     except ValidationError as err:
         raise RegistrationError("config", _detail(err)) from None
     check_safetensors(weights)
@@ -136,6 +142,12 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
                     parity=diff)
 
 
+def _same(stored: dict[str, Any], weights_sha: str, declared: dict[str, Any]) -> bool:
+    """Whether an upload repeats a stored revision: the same weights and the same card."""
+    return (stored.get("files", {}).get(WEIGHTS, {}).get("sha256") == weights_sha
+            and declared_part(stored) == declared)
+
+
 def commit_id(name: str, number: int, shas: dict[str, str]) -> str:
     """A 40-hex id per revision, as Hugging Face clients expect of a commit."""
     text = name + "\n" + str(number) + "\n" + "\n".join(f"{k}={v}" for k, v in sorted(shas.items()))
@@ -162,23 +174,24 @@ class Registry:
             with self.sessions.begin() as session:
                 row = session.scalars(select(EncoderRow).where(EncoderRow.name == card.name)
                                       .with_for_update()).first()
+                pretext = card.pretext.model_copy(
+                    update={"family": card.pretext.family or family})
                 number = 1
                 if row is not None:
-                    latest = session.scalars(
-                        select(FileRow).join(RevisionRow)
-                        .where(RevisionRow.encoder_id == row.id,
-                               RevisionRow.number == row.latest_revision,
-                               FileRow.filename == WEIGHTS)).first()
-                    if latest is not None and latest.sha256 == w_sha:
-                        raise RegistrationError(
+                    latest = session.scalars(select(RevisionRow).where(
+                        RevisionRow.encoder_id == row.id,
+                        RevisionRow.number == row.latest_revision)).first()
+                    declared = json.loads(card.model_copy(update={"pretext": pretext})
+                                          .model_dump_json())
+                    if latest is not None and _same(latest.card, w_sha, declared):
+                        raise RegistrationConflict(
                             "weights", f"identical to revision {row.latest_revision} of "
-                            f"{card.name}; revisions are immutable, nothing to add", status=409)
+                            f"{card.name} (same weights and card); revisions are immutable, "
+                            "nothing to add")
                     number = row.latest_revision + 1
                 files = {WEIGHTS: FileEntry(sha256=w_sha, size=w_size),
                          ONNX: FileEntry(sha256=o_sha, size=o_size)}
                 created = now()
-                pretext = card.pretext.model_copy(
-                    update={"family": card.pretext.family or family})
                 stored = StoredCard(**card.model_dump(exclude={"pretext"}), pretext=pretext,
                                     revision=number, commit="0" * 40, created_at=created,
                                     feature_dim=prepared.feature_dim,

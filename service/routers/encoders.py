@@ -2,26 +2,33 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
-from zoo.cards import StoredCard, is_pickle_name
-from zoo.catalog import EncoderRow
+from zoo.cards import FileEntry, StoredCard, is_pickle_name
+from zoo.catalog import EncoderRow, FileRow, RevisionRow
 from zoo.embed import ImageError, decode, embed
-from zoo.registry import ONNX, RegistrationError, prepare
+from zoo.registry import ONNX, prepare
 
 from ..auth import UserDep
 from ..deps import EngineDep, ZooDep
 from ..errors import not_found
 from ..files import blob_response
 from ..pagination import Limit, Offset, Page
+from ..problems import Invalid
+from ..zoo_state import ZooState
 
 router = APIRouter(prefix="/encoders", tags=["encoders"])
 
 MAX_IMAGES = 1024
+
+
+class InvalidUpload(Invalid):
+    code = "invalid_upload"
 
 
 class EncoderSummary(BaseModel):
@@ -39,6 +46,31 @@ class EncoderSummary(BaseModel):
     updated_at: datetime
 
 
+class RevisionPublic(BaseModel):
+    revision: int
+    commit: str
+    created_at: datetime
+    files: dict[str, FileEntry]
+
+
+class EncoderDetail(EncoderSummary):
+    card: StoredCard
+    revisions: list[RevisionPublic]
+
+
+class ImageFeatures(BaseModel):
+    image: str
+    features: list[float]
+
+
+class EmbedResponse(BaseModel):
+    name: str
+    revision: int
+    feature_dim: int
+    data: list[ImageFeatures]
+    count: int
+
+
 def summary(row: EncoderRow) -> EncoderSummary:
     return EncoderSummary.model_validate(row, from_attributes=True)
 
@@ -53,26 +85,30 @@ def list_encoders(
     q: str | None = Query(None, description="Text search in name and description."),
     limit: Limit = 100,
     offset: Offset = 0,
-) -> dict[str, Any]:
+) -> Page[EncoderSummary]:
     """Encoders in the zoo, filtered and paginated."""
     rows, count = zoo.registry.list(modality=modality, method=method, family=family, dims=dims,
                                     q=q, limit=limit, offset=offset)
-    return {"data": [summary(r) for r in rows], "count": count}
+    return Page[EncoderSummary](data=[summary(r) for r in rows], count=count)
 
 
-@router.get("/{name}")
-def get_encoder(name: str, zoo: ZooDep) -> dict[str, Any]:
+@router.get("/{name}", response_model=EncoderDetail)
+def get_encoder(name: str, zoo: ZooDep) -> EncoderDetail:
     """An encoder's latest card, and every revision with its files."""
     row = zoo.registry.get(name)
     if row is None:
         raise not_found("encoder", name, zoo.registry.names())
-    revisions = [{"revision": r.number, "commit": r.commit, "created_at": r.created_at,
-                  "files": {f.filename: {"sha256": f.sha256, "size": f.size} for f in r.files}}
+    revisions = [RevisionPublic(revision=r.number, commit=r.commit, created_at=r.created_at,
+                                files={f.filename: FileEntry(sha256=f.sha256, size=f.size)
+                                       for f in r.files})
                  for r in row.revisions]
-    return {**summary(row).model_dump(), "card": row.revisions[-1].card, "revisions": revisions}
+    return EncoderDetail(**summary(row).model_dump(),
+                         card=StoredCard.model_validate(row.revisions[-1].card),
+                         revisions=revisions)
 
 
-def resolve_file(zoo: ZooDep, name: str, revision: str | None, filename: str):  # noqa: ANN201
+def resolve_file(zoo: ZooState, name: str, revision: str | None,
+                 filename: str) -> tuple[RevisionRow, FileRow]:
     rev = zoo.registry.revision(name, revision)
     if rev is None:
         if zoo.registry.get(name) is None:
@@ -105,46 +141,40 @@ async def upload_encoder(
     config: Annotated[UploadFile, File(description="config.json: the encoder card.")],
     weights: Annotated[UploadFile, File(description="model.safetensors")],
 ) -> StoredCard:
-    """Register new weights: checked against the architecture, exported to ONNX, verified."""
+    """Register new weights: checked against the architecture, exported to ONNX, verified.
+    A config.json downloaded from a zoo may be sent as it is: the fields the server computes
+    (revision, commit, created_at, feature_dim, onnx_parity_max_abs_diff, files) are
+    ignored and measured again."""
     if weights.filename and is_pickle_name(weights.filename):
-        raise HTTPException(422, detail=[{
-            "loc": ["body", "weights"], "type": "pickle_refused",
-            "msg": f"'{weights.filename}' looks like a pickle checkpoint; these are refused. "
-                   "Save the state dict with safetensors.torch.save_file and upload "
-                   "model.safetensors"}])
+        raise InvalidUpload("weights", f"'{weights.filename}' looks like a pickle checkpoint; "
+                            "these are refused. Save the state dict with "
+                            "safetensors.torch.save_file and upload model.safetensors",
+                            "pickle_refused")
     try:
         card_data = json.loads(await config.read())
     except ValueError:
-        raise HTTPException(422, detail=[{"loc": ["body", "config"], "type": "json_invalid",
-                                          "msg": "config is not valid JSON"}]) from None
+        raise InvalidUpload("config", "config is not valid JSON", "json_invalid") from None
     if not isinstance(card_data, dict):
-        raise HTTPException(422, detail=[{"loc": ["body", "config"], "type": "object_type",
-                                          "msg": "config must be a JSON object"}])
+        raise InvalidUpload("config", "config must be a JSON object", "object_type")
     method_id = (card_data.get("pretext") or {}).get("method_id")
     method = engine.kb.methods.get(method_id) if isinstance(method_id, str) else None
     if method is None:
-        raise HTTPException(422, detail=[{
-            "loc": ["body", "config", "pretext", "method_id"], "type": "unknown_method",
-            "msg": f"unknown pretext method {method_id!r}; see GET /v1/methods"}])
+        raise InvalidUpload("config.pretext.method_id", f"unknown pretext method {method_id!r}; "
+                            "see GET /v1/methods", "unknown_method")
     data = await weights.read()
-    try:
-        prepared = await run_in_threadpool(prepare, card_data, data)
-        stored = await run_in_threadpool(zoo.registry.register, prepared, method.family)
-    except RegistrationError as err:
-        raise HTTPException(err.status, detail=[{"loc": ["body", *err.field.split(".")],
-                                                 "type": "registration", "msg": str(err)}]
-                            ) from None
+    prepared = await run_in_threadpool(prepare, card_data, data)
+    stored = await run_in_threadpool(zoo.registry.register, prepared, method.family)
     zoo.invalidate()
     return stored
 
 
-@router.post("/{name}/embed")
+@router.post("/{name}/embed", response_model=EmbedResponse)
 async def embed_images(
     name: str,
     zoo: ZooDep,
     images: Annotated[list[UploadFile], File(description="PNG or NPY images, one per part.")],
     revision: Annotated[str | None, Form()] = None,
-) -> dict[str, Any]:
+) -> EmbedResponse:
     """Feature vectors for a batch of images, computed with onnxruntime."""
     if len(images) > MAX_IMAGES:
         raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
@@ -161,11 +191,9 @@ async def embed_images(
                              "msg": err.problem, "type": "bad_image"})
     if problems:
         raise HTTPException(422, detail=problems)
-    import numpy as np
-
     session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
     features = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
-    return {"name": name, "revision": rev.number, "feature_dim": int(features.shape[1]),
-            "data": [{"image": n, "features": f.tolist()} for n, f in zip(names, features,
-                                                                           strict=True)],
-            "count": len(names)}
+    return EmbedResponse(name=name, revision=rev.number, feature_dim=int(features.shape[1]),
+                         data=[ImageFeatures(image=n, features=f.tolist())
+                               for n, f in zip(names, features, strict=True)],
+                         count=len(names))

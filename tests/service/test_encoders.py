@@ -230,3 +230,27 @@ def test_live_server_on_postgresql(tmp_path: Path) -> None:
             assert got.content == data
         finally:
             server.stop()
+
+
+def test_downloaded_card_uploads_again_as_new_revision(zoo_server: dict[str, Any]) -> None:
+    """config.json as served carries revision, files, feature_dim, parity: an upload
+    ignores them and measures them anew."""
+    url = zoo_server["url"]
+    files = f"{url}/v1/encoders/{NAME_3D}/files"
+    served = httpx.get(f"{files}/config.json").json()
+    blob = httpx.get(f"{files}/model.safetensors").content
+    assert {"revision", "created_at", "feature_dim", "files"} <= set(served)
+    unchanged = httpx.post(f"{url}/v1/encoders", files=upload_files(served, blob), headers=AUTH,
+                           timeout=120)
+    assert unchanged.status_code == 409, unchanged.text  # identical, not "extra inputs"
+    edited = {**served, "description": "re-uploaded from a downloaded card",
+              "feature_dim": 9999, "onnx_parity_max_abs_diff": 0.0,
+              "files": {"model.safetensors": {"sha256": "0" * 64, "size": 1}}}
+    r = httpx.post(f"{url}/v1/encoders", files=upload_files(edited, blob), headers=AUTH,
+                   timeout=120)
+    assert r.status_code == 201, r.text
+    stored = r.json()
+    assert stored["revision"] == served["revision"] + 1
+    assert stored["feature_dim"] == served["feature_dim"] != 9999
+    assert stored["files"]["model.safetensors"]["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert stored["description"] == "re-uploaded from a downloaded card"
