@@ -25,6 +25,10 @@ class User:
     name: str
     admin: bool
 
+    def may_access(self, owner: str) -> bool:
+        """Owners see their own rows; admins see everyone's."""
+        return self.admin or owner == self.name
+
 
 def load_tokens(settings: Settings) -> dict[str, User]:
     tokens: dict[str, User] = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from pydantic import ValidationError
@@ -226,8 +226,9 @@ def worker(
             err_console.print("[red]error[/red] --executor ray needs --ray-address or "
                               "TASKALIGN_RAY_ADDRESS")
             raise typer.Exit(2)
-        w: Any = RayWorker(session_factory(engine), address, slots=slots or 1,
-                           stale_after=settings.job_stale_seconds)
+        w: LocalWorker | RayWorker = RayWorker(
+            session_factory(engine), address, slots=slots or 1,
+            stale_after=settings.job_stale_seconds)
     elif executor == "local":
         w = LocalWorker(session_factory(engine), settings.home, slots=slots,
                         stale_after=settings.job_stale_seconds)

@@ -8,16 +8,22 @@ count proves the claim, so no job ever runs twice at once.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..auth import User
+from ..problems import Conflict, NotFound
 from .models import TERMINAL, JobEventRow, JobRow
 
 
-class JobConflict(ValueError):
-    pass
+class JobConflict(Conflict):
+    """An Idempotency-Key reused for another request, or a cancel of a finished job."""
+
+    def __init__(self, message: str):
+        super().__init__("job", message, "job_conflict")
 
 
 def utcnow() -> datetime:
@@ -159,3 +165,46 @@ def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
     with sessions() as session:
         return dict(session.execute(select(JobRow.status, func.count())
                                     .group_by(JobRow.status)).all())
+
+
+def owned(sessions: sessionmaker[Session], job_id: int, user: User) -> JobRow:
+    """The job, if the user may see it; raises NotFound otherwise (no hint that it exists)."""
+    with sessions() as session:
+        job = session.get(JobRow, job_id)
+    if job is None or not user.may_access(job.owner):
+        raise NotFound("job_id", f"no job {job_id} of yours")
+    return job
+
+
+def list_jobs(sessions: sessionmaker[Session], user: User, status: str | None, limit: int,
+              offset: int) -> tuple[list[JobRow], int]:
+    """The user's jobs (everyone's for an admin), newest first, and the total count."""
+    query = select(JobRow)
+    if not user.admin:
+        query = query.where(JobRow.owner == user.name)
+    if status:
+        query = query.where(JobRow.status == status)
+    with sessions() as session:
+        count = session.scalar(select(func.count()).select_from(query.subquery()))
+        rows = session.scalars(query.order_by(JobRow.id.desc()).limit(limit)
+                               .offset(offset)).all()
+    return list(rows), int(count or 0)
+
+
+def events_after(sessions: sessionmaker[Session], job_id: int, after: int,
+                 limit: int) -> list[JobEventRow]:
+    with sessions() as session:
+        return list(session.scalars(
+            select(JobEventRow).where(JobEventRow.job_id == job_id, JobEventRow.id > after)
+            .order_by(JobEventRow.id).limit(limit)).all())
+
+
+def logs(job: JobRow, home: Path) -> str:
+    """The runner's output, every attempt in order; Ray keeps the logs of Ray-run jobs."""
+    if job.worker and job.worker.startswith("ray:"):
+        from .ray_executor import ray_logs  # ray is imported only where Ray runs jobs
+
+        return ray_logs(job.worker[4:], job)
+    folder = home / "jobs" / str(job.id)
+    parts = sorted(folder.glob("attempt-*.log")) if folder.exists() else []
+    return "".join(f"--- {p.stem} ---\n{p.read_text(errors='replace')}" for p in parts)

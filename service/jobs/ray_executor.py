@@ -12,11 +12,11 @@ import sys
 import threading
 import time
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import queue
+from .models import JobRow
 
 log = logging.getLogger("taskalign.ray")
 
@@ -46,7 +46,7 @@ class RayWorker:
         self.running: dict[int, str] = {}
         self.cancelling: set[int] = set()
 
-    def submit(self, job: Any) -> str:
+    def submit(self, job: JobRow) -> str:
         self.stop_earlier_attempts(job)
         sub = submission_id(job.id, job.created_at, job.attempts)
         gpus = 1 if job.params.get("device") == "cuda" else 0
@@ -61,7 +61,7 @@ class RayWorker:
                 raise
         return sub
 
-    def stop_earlier_attempts(self, job: Any, wait_s: float = 60.0) -> None:
+    def stop_earlier_attempts(self, job: JobRow, wait_s: float = 60.0) -> None:
         """A retry follows a dispatcher that died, but its Ray job lives on in the cluster:
         stop every earlier attempt, and wait until Ray says it ended, so that no job ever
         runs twice at once (a stale runner would also report into the job's row)."""
@@ -117,7 +117,7 @@ class RayWorker:
             stop.wait(self.poll)
 
 
-def ray_logs(address: str, job: Any) -> str:
+def ray_logs(address: str, job: JobRow) -> str:
     from ray.job_submission import JobSubmissionClient
 
     client = JobSubmissionClient(address)

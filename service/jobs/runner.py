@@ -1,167 +1,158 @@
 """Runs one job in its own process: `python -m service.jobs.runner JOB_ID`.
 
-The worker starts it, heartbeats for it and kills it on cancel; the runner itself loads
-data and encoder, trains, reports progress and events, and registers the result.
+The worker starts it, heartbeats for it and kills it on cancel. The runner is job glue:
+it reads the stored plan, loads data and encoder, hands them to the training library
+(zoo.training), reports progress and events, and registers the result. Every decision
+was made by the planner (service/jobs/plan.py) when the job was submitted.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import torch
+from sqlalchemy.orm import Session, sessionmaker
 
+from zoo.cards import StoredCard
 from zoo.catalog import DatasetRow
 from zoo.datasets.readers import Dataset, load_folder, load_npz
+from zoo.storage import BlobStore
 
 from ..config import get_settings
 from ..db import make_engine, session_factory
 from . import queue
 from .models import JobRow
+from .plan import FinetunePlan, PretrainPlan
+
+Log = Callable[[str], None]
+Sessions = sessionmaker[Session]
 
 
-def load_job_dataset(row: DatasetRow, store: Any) -> Dataset:
+def load_job_dataset(row: DatasetRow, store: BlobStore) -> Dataset:
     if row.kind == "path":
-        from pathlib import Path
-
-        p = Path(row.path)
-        return load_npz(p, row.name) if p.suffix == ".npz" else load_folder(p)
-    return load_npz(store.path(row.sha256), row.name)
+        path = Path(row.path or "")
+        return load_npz(path, row.name) if path.suffix == ".npz" else load_folder(path)
+    return load_npz(store.path(row.sha256 or ""), row.name)
 
 
-def run_finetune(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, Any]:
+def start_run(job: JobRow, sessions: Sessions, store: BlobStore, dataset_id: int,
+              device_name: str) -> tuple[DatasetRow, Dataset, str]:
+    """What both job types do first: load the dataset and record the device used."""
+    # torch is imported only by the runner process, never by the API that plans jobs.
+    from zoo.training.train import pick_device
+
+    with sessions() as session:
+        dataset_row = session.get(DatasetRow, dataset_id)
+    if dataset_row is None:
+        raise LookupError(f"dataset {dataset_id} no longer exists")
+    dataset = load_job_dataset(dataset_row, store)
+    device = pick_device(device_name).type
+    with sessions.begin() as session:
+        session.get(JobRow, job.id).device = device
+    return dataset_row, dataset, device
+
+
+def run_finetune(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) -> dict[str, Any]:
+    import torch
     from safetensors.torch import save
 
-    from zoo.cards import StoredCard
-    from zoo.loader import _build
+    from zoo.loader import build_from_card
     from zoo.registry import WEIGHTS, Registry, prepare
-    from zoo.training.evaluate import (
-        FineTuneConfig,
-        features,
-        fine_tune,
-        label_subset,
-        linear_probe,
-        medmnist_metrics,
-    )
+    from zoo.training.finetune import FinetuneSettings, finetune_classifier
 
-    p = job.params
+    plan = FinetunePlan.model_validate(job.params)
     registry = Registry(sessions, store)
-    with sessions() as s:
-        dataset_row = s.get(DatasetRow, p["dataset_id"])
-    ds = load_job_dataset(dataset_row, store)
-    rev = registry.revision(p["encoder"], p.get("encoder_revision"))
-    weights = next(f for f in rev.files if f.filename == WEIGHTS)
-    encoder = _build(rev.card, store.path(weights.sha256))
-    parent = StoredCard.model_validate(rev.card)
-    device = p["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    with sessions.begin() as s:
-        s.get(JobRow, job.id).device = device
-    train, val, test = ds.splits["train"], ds.splits["val"], ds.splits["test"]
-    idx = label_subset(train.labels, p["label_fraction"], p["seed"])
-    k = ds.num_classes
-    log(f"{p['mode']} on {len(idx)} of {len(train)} labelled images, {k} classes, {device}")
-    start = time.monotonic()
-    epochs = p["epochs"]
-    queue.progress(sessions, job.id, {"phase": "training", "epoch": 0, "epochs": epochs},
-                   line="first training step")
-    if p["mode"] == "linear_probe":
-        queue.progress(sessions, job.id, {"epoch": 0, "epochs": 1, "phase": "features"})
-        f_train = features(encoder, train.images[idx], device=torch.device(device))
-        f_test = features(encoder, test.images, device=torch.device(device))
-        probs = linear_probe(f_train, train.labels[idx], f_test, k, p["seed"])
-        model_encoder = encoder
-        queue.progress(sessions, job.id, {"epoch": 1, "epochs": 1, "eta_s": 0})
-    else:
-        def on_epoch(epoch: int, val_auc: float) -> None:
-            elapsed = time.monotonic() - start
-            queue.progress(sessions, job.id,
-                           {"epoch": epoch, "epochs": epochs,
-                            "eta_s": round(elapsed / epoch * (epochs - epoch), 1)},
-                           {"val_auc": round(val_auc, 4)},
-                           f"epoch {epoch}/{epochs} val AUC {val_auc:.4f}")
+    dataset_row, dataset, device = start_run(job, sessions, store, plan.dataset_id,
+                                             plan.device)
+    revision = registry.revision(plan.encoder, plan.encoder_revision)
+    if revision is None:
+        raise LookupError(f"encoder {plan.encoder} revision {plan.encoder_revision} is gone")
+    weights = next(f for f in revision.files if f.filename == WEIGHTS)
+    encoder = build_from_card(revision.card, store.path(weights.sha256))
+    parent = StoredCard.model_validate(revision.card)
 
-        probs, model = fine_tune(encoder, train.images[idx], train.labels[idx], val.images,
-                                 val.labels, test.images, k,
-                                 FineTuneConfig(epochs=epochs, batch_size=p["batch_size"],
-                                                lr=p["lr"], seed=p["seed"], device=device),
-                                 on_epoch=on_epoch, return_model=True)
-        model_encoder = model[0]
-    test_metrics = medmnist_metrics(probs, test.labels)
-    log(f"test AUC {test_metrics['auc']:.4f} ACC {test_metrics['acc']:.4f}")
+    def report(values: dict[str, Any], metrics: dict[str, Any] | None,
+               line: str | None) -> None:
+        if line:
+            print(line, flush=True)
+        queue.progress(sessions, job.id, values, metrics, line)
+
+    settings = FinetuneSettings(
+        mode=plan.mode, label_fraction=plan.label_fraction, seed=plan.seed,
+        epochs=plan.epochs, lr=plan.lr, batch_size=plan.batch_size,
+        device=torch.device(device), encoder_lr_multiplier=plan.encoder_lr_multiplier,
+        augmentations=plan.augmentations)
+    outcome = finetune_classifier(encoder, dataset, settings, report)
+    metrics = outcome.metrics
     queue.progress(sessions, job.id, {"phase": "registering"},
-                   {"test_auc": round(test_metrics["auc"], 4),
-                    "test_acc": round(test_metrics["acc"], 4)})
+                   {"test_auc": round(metrics["auc"], 4), "test_acc": round(metrics["acc"], 4)})
+    card = finetuned_card(parent, plan, dataset_row, job.id, metrics)
+    state = {k: v.contiguous() for k, v in outcome.encoder.float().state_dict().items()}
+    stored = registry.register(prepare(card, save(state)), family=parent.pretext.family)
+    return {"encoder": stored.name, "revision": stored.revision,
+            "evaluation": {"test_auc": metrics["auc"], "test_acc": metrics["acc"]},
+            "seconds": round(outcome.seconds, 1)}
+
+
+def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow, job_id: int,
+                   metrics: dict[str, float]) -> dict[str, Any]:
+    """The new encoder's card: the parent's facts, this job's lineage and test scores."""
     arch, _, _ = parent.name.partition(".")
-    name = f"{arch}.ft-job{job.id}-{dataset_row.name.lower().replace('_', '-')}"[:96]
+    name = f"{arch}.ft-job{job_id}-{dataset_row.name.lower().replace('_', '-')}"[:96]
     card = parent.model_dump(include={"architecture", "spatial_dims", "in_channels",
                                       "input_size", "normalization", "pretext",
                                       "pretraining_data", "weights_licence"})
+    protocol = "fine_tune" if plan.mode == "full" else "linear_probe"
     card.update({
         "name": name,
         "modality": dataset_row.modality or parent.modality,
         "parent": parent.name,
         "lineage": {"parent": parent.name, "parent_revision": parent.revision,
                     "dataset_id": dataset_row.id, "dataset": dataset_row.name,
-                    "job_id": job.id, "params": p},
-        "description": f"{parent.name} after {p['mode']} on {dataset_row.name} "
-                       f"({p['label_fraction']:.0%} labels) by job {job.id}.",
-        "evaluation": [{"dataset": dataset_row.name, "protocol": "fine_tune" if p["mode"] ==
-                        "full" else "linear_probe", "label_fraction": p["label_fraction"],
-                        "metric": m.upper(), "value": round(v, 4), "seeds": [p["seed"]],
-                        "split": "test"} for m, v in test_metrics.items()],
+                    "job_id": job_id, "params": plan.model_dump(mode="json")},
+        "description": f"{parent.name} after {plan.mode} on {dataset_row.name} "
+                       f"({plan.label_fraction:.0%} labels) by job {job_id}.",
+        "evaluation": [{"dataset": dataset_row.name, "protocol": protocol,
+                        "label_fraction": plan.label_fraction, "metric": m.upper(),
+                        "value": round(v, 4), "seeds": [plan.seed], "split": "test"}
+                       for m, v in metrics.items()],
     })
-    state = {k2: v.contiguous() for k2, v in model_encoder.cpu().float().state_dict().items()}
-    stored = registry.register(prepare(card, save(state)), family=parent.pretext.family)
-    return {"encoder": stored.name, "revision": stored.revision,
-            "evaluation": {"test_auc": test_metrics["auc"], "test_acc": test_metrics["acc"]},
-            "seconds": round(time.monotonic() - start, 1)}
+    return card
 
 
-def run_pretrain(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, Any]:
-    import json
-
+def run_pretrain(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) -> dict[str, Any]:
     from zoo.registry import Registry, prepare
     from zoo.training.build import EvalPlan, Recipe, build
 
-    from ..config import get_settings
-
-    p = job.params
-    with sessions() as s:
-        dataset_row = s.get(DatasetRow, p["dataset_id"])
-    ds = load_job_dataset(dataset_row, store)
-    name = p["name"] or f"{p['name_template']}-job{job.id}"[:96]
-    device = p["device"]
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    with sessions.begin() as s:
-        s.get(JobRow, job.id).device = device
-    recipe = Recipe(name=name, method=p["method"], dataset=dataset_row.name,
-                    architecture=p["architecture"], profile=p["profile"],
-                    train={"epochs": p["epochs"], "batch_size": p["batch_size"], "lr": p["lr"],
-                           "seed": p["seed"], "device": device},
-                    evaluate=EvalPlan(fractions=[0.1, 1.0], seeds=[0],
-                                      protocols=["linear_probe"]))
-    last = [0.0]
-    queue.progress(sessions, job.id, {"phase": "training", "epoch": 0,
-                                      "epochs": p["epochs"]}, line="first training step")
+    plan = PretrainPlan.model_validate(job.params)
+    dataset_row, dataset, device = start_run(job, sessions, store, plan.dataset_id,
+                                             plan.device)
+    name = plan.name or f"{plan.name_template}-job{job.id}"[:96]
+    recipe = Recipe(name=name, method=plan.method, dataset=dataset_row.name,
+                    architecture=plan.architecture, profile=plan.profile,
+                    train={"epochs": plan.epochs, "batch_size": plan.batch_size,
+                           "lr": plan.lr, "seed": plan.seed, "device": device},
+                    evaluate=EvalPlan.model_validate(plan.evaluation))
+    queue.progress(sessions, job.id, {"phase": "training", "epoch": 0, "epochs": plan.epochs},
+                   line="first training step")
     start = time.monotonic()
+    last = [0.0]
 
     def on_step(step: int, total: int) -> None:
         now = time.monotonic()
         if now - last[0] >= 1.0 or step == total:
             last[0] = now
-            elapsed = now - start
-            queue.progress(sessions, job.id, {"step": step, "steps": total,
-                                              "epoch": step * p["epochs"] // max(total, 1),
-                                              "eta_s": round(elapsed / step * (total - step),
-                                                             1)})
+            eta = round((now - start) / step * (total - step), 1)
+            queue.progress(sessions, job.id, {"step": step, "steps": total, "eta_s": eta,
+                                              "epoch": step * plan.epochs // max(total, 1)})
 
     out_dir = get_settings().home / "jobs" / str(job.id) / "build"
-    folder = build(recipe, out_dir, log=log, on_step=on_step, dataset=ds)
+    folder = build(recipe, out_dir, log=log, on_step=on_step, dataset=dataset)
     card = json.loads((folder / "card.json").read_text())
     card["lineage"] = {**card.get("lineage", {}), "dataset_id": dataset_row.id,
                        "dataset": dataset_row.name, "job_id": job.id}
@@ -174,23 +165,23 @@ def run_pretrain(job: JobRow, sessions: Any, store: Any, log: Any) -> dict[str, 
             "seconds": round(time.monotonic() - start, 1)}
 
 
-def main(job_id: int) -> int:
-    from zoo.storage import BlobStore
+RUNNERS = {"finetune": run_finetune, "pretrain": run_pretrain}
 
+
+def main(job_id: int) -> int:
     settings = get_settings()
     engine = make_engine(settings)
     sessions = session_factory(engine)
     store = BlobStore(settings.artifacts_dir)
-    with sessions() as s:
-        job = s.get(JobRow, job_id)
+    with sessions() as session:
+        job = session.get(JobRow, job_id)
 
     def log(line: str) -> None:
         print(line, flush=True)
         queue.progress(sessions, job_id, {}, line=line)
 
     try:
-        runner = {"finetune": run_finetune, "pretrain": run_pretrain}[job.type]
-        result = runner(job, sessions, store, log)
+        result = RUNNERS[job.type](job, sessions, store, log)
         queue.finish(sessions, job_id, "succeeded", result=result)
         return 0
     except Exception as err:  # the job fails with the reason; the worker sees exit 1

@@ -1,0 +1,288 @@
+"""Job planning: a job request, the dataset's facts, the encoder's card and the rules
+engine's answer in; the stored, fully resolved job parameters out.
+
+Nothing here knows about HTTP. Every "auto" value is resolved here and recorded in the
+plan's `auto` section with where it came from: fine-tuning settings from
+rules/tables/finetune.yaml (review sections and references, or a TaskAlign default),
+pretraining settings from zoo/training/pretrain_defaults.yaml and the method's
+hyperparameters and augmentations from the rules engine. The runner executes the plan and
+decides nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+
+from rules import Engine, TaskProfile
+from rules.recommendation import FinetuneDefaults, Sourced
+from zoo.cards import NAME_PATTERN
+from zoo.catalog import DatasetRow, RevisionRow
+from zoo.presets import preset_for
+from zoo.registry import Registry
+from zoo.training.pretrain_defaults import pretrain_defaults
+
+from ..auth import User
+from ..problems import Invalid
+
+JobType = Literal["finetune", "pretrain"]
+
+
+class InvalidJob(Invalid):
+    """A job request the planner refuses (422), naming the field to fix."""
+
+    code = "invalid_job"
+
+Auto = Literal["auto"]
+# Fine-tuning settings a pretrain request may not set (it would silently ignore them).
+# `encoder`, `encoder_revision` and `mode` have always been ignored there and still are.
+FINETUNE_ONLY = ("encoder_lr_multiplier", "augmentations")
+
+
+class JobCreate(BaseModel):
+    """A job request; every field left at "auto" is resolved by the planner."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: JobType
+    dataset_id: int
+    encoder: str | None = Field(None, description="Zoo encoder to fine-tune (finetune).")
+    encoder_revision: str | None = None
+    mode: Literal["auto", "linear_probe", "full"] = "auto"
+    label_fraction: float = Field(1.0, gt=0, le=1)
+    epochs: int | Auto = Field("auto", description="1 to 500, or auto.")
+    lr: float | Auto = Field("auto", description="1e-7 to 1, or auto.")
+    encoder_lr_multiplier: float | Auto = Field(
+        "auto", description="Encoder learning rate as a fraction of the head's, 0 to 1 "
+        "(finetune, mode full).")
+    batch_size: int | Auto = Field("auto", description="2 to 4096, or auto.")
+    augmentations: list[str] | Auto = Field(
+        "auto", description="Augmentations applied while fine-tuning (finetune, mode full).")
+    seed: int = Field(0, ge=0, le=2**31)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    method: str | None = Field(None, description="Pretext method id (pretrain).")
+    name: str | None = Field(None, max_length=96, description="Name of the new encoder "
+                             "(pretrain); default arch-Nd.method-dataset-jobID.")
+
+
+class DatasetFacts(BaseModel):
+    """What planning needs to know about a dataset, measured when it was registered."""
+
+    id: int
+    name: str
+    modality: str | None
+    spatial_dims: int
+    channels: int
+    image_size: list[int]
+    num_classes: int
+    train_images: int
+
+    @classmethod
+    def from_row(cls, row: DatasetRow) -> DatasetFacts:
+        return cls(id=row.id, name=row.name, modality=row.modality,
+                   spatial_dims=row.spatial_dims, channels=row.channels,
+                   image_size=list(row.image_size), num_classes=row.num_classes,
+                   train_images=row.summary["splits"]["train"]["images"])
+
+    @property
+    def slug(self) -> str:
+        return self.name.lower().replace("_", "-").replace(".", "-")
+
+
+class FinetunePlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    encoder: str
+    encoder_revision: str
+    dataset_id: int
+    mode: Literal["linear_probe", "full"]
+    label_fraction: float
+    seed: int
+    epochs: int
+    lr: float
+    encoder_lr_multiplier: float = 1.0
+    batch_size: int
+    augmentations: list[str] = []
+    device: Literal["auto", "cpu", "cuda"]
+    auto: dict[str, Any] = {}
+
+
+class PretrainPlan(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dataset_id: int
+    method: str
+    architecture: dict[str, Any]
+    profile: dict[str, Any]
+    name: str | None
+    name_template: str
+    epochs: int
+    lr: float
+    batch_size: int
+    seed: int
+    device: Literal["auto", "cpu", "cuda"]
+    evaluation: dict[str, Any] = Field(
+        default_factory=lambda: dict(pretrain_defaults().evaluation))
+    auto: dict[str, Any] = {}
+
+
+LIMITS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 500), "lr": (1e-7, 1.0), "encoder_lr_multiplier": (0.0, 1.0),
+    "batch_size": (2, 4096)}
+
+
+def check_limits(spec: JobCreate) -> None:
+    for name, (lo, hi) in LIMITS.items():
+        value = getattr(spec, name)
+        if value != "auto" and not lo <= value <= hi:
+            raise InvalidJob(name, f"{name} must be 'auto' or between {lo:g} and {hi:g}")
+
+
+def owned_dataset(session: Session, dataset_id: int, user: User) -> DatasetFacts:
+    row = session.get(DatasetRow, dataset_id)
+    if row is None or not user.may_access(row.owner):
+        raise InvalidJob("dataset_id", f"no dataset {dataset_id} of yours (see GET /v1/datasets)")
+    return DatasetFacts.from_row(row)
+
+
+def plan_job(spec: JobCreate, user: User, registry: Registry,
+             engine: Engine) -> FinetunePlan | PretrainPlan:
+    """Check a request against the stored dataset and encoder and resolve every "auto";
+    raises InvalidJob naming the field to fix."""
+    with registry.sessions() as session:
+        dataset = owned_dataset(session, spec.dataset_id, user)
+    check_limits(spec)
+    if spec.type == "pretrain":
+        given = [f for f in FINETUNE_ONLY if getattr(spec, f) not in (None, "auto")]
+        if given:
+            raise InvalidJob(given[0], f"{', '.join(given)} only apply to finetune jobs")
+        return plan_pretrain(spec, dataset)
+    if not spec.encoder:
+        raise InvalidJob("encoder", "finetune jobs need an encoder from the zoo")
+    revision = registry.revision(spec.encoder, spec.encoder_revision)
+    if revision is None:
+        raise InvalidJob("encoder", f"unknown encoder '{spec.encoder}' (revision "
+                                 f"{spec.encoder_revision or 'latest'}); see GET /v1/encoders")
+    return plan_finetune(spec, dataset, revision, engine)
+
+
+def check_compatible(encoder: str, card: dict[str, Any], dataset: DatasetFacts) -> None:
+    if card["spatial_dims"] != dataset.spatial_dims:
+        raise InvalidJob("encoder", f"{encoder} is a {card['spatial_dims']}D encoder; dataset "
+                                 f"{dataset.name} is {dataset.spatial_dims}D")
+    if card["in_channels"] != dataset.channels:
+        raise InvalidJob("encoder", f"{encoder} expects {card['in_channels']} channel(s); "
+                                 f"dataset {dataset.name} has {dataset.channels}")
+    if card["architecture"]["name"] == "vit" and list(card["input_size"]) != dataset.image_size:
+        raise InvalidJob("encoder", f"{encoder} is a ViT for {card['input_size']} inputs; "
+                                 f"dataset images are {dataset.image_size}")
+
+
+def finetune_profile(dataset: DatasetFacts, card: dict[str, Any],
+                     label_fraction: float) -> TaskProfile:
+    """The rules engine's view of a fine-tuning job: the labels it will actually use."""
+    labeled = max(1, round(dataset.train_images * label_fraction))
+    return TaskProfile(task="classification", modality=dataset.modality or card["modality"],
+                       labeled=labeled, unlabeled=dataset.train_images - labeled,
+                       classes=dataset.num_classes,
+                       dimensionality=f"{dataset.spatial_dims}d", top_k=1)
+
+
+def _resolve(requested: Any, default: Sourced[Any], name: str,
+             used: dict[str, Any]) -> Any:
+    """The requested value, or the rules' default, recording where an auto value came from."""
+    if requested != "auto":
+        return requested
+    used[name] = default.model_dump(exclude_none=True)
+    return default.value
+
+
+def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
+                  engine: Engine) -> FinetunePlan:
+    card = revision.card
+    check_compatible(spec.encoder or "", card, dataset)
+    profile = finetune_profile(dataset, card, spec.label_fraction)
+    defaults: FinetuneDefaults = engine.finetune_defaults(profile)
+    advice = engine.recommend(profile)
+    if spec.augmentations != "auto":
+        check_augmentations(spec.augmentations, advice.augmentations.avoid, engine)
+    used: dict[str, Any] = {}
+    values = {name: _resolve(getattr(spec, name), getattr(defaults, name), name, used)
+              for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
+                           "augmentations")}
+    return FinetunePlan(
+        encoder=spec.encoder or "", encoder_revision=str(revision.number),
+        dataset_id=dataset.id, label_fraction=spec.label_fraction, seed=spec.seed,
+        device=spec.device, **values,
+        auto={"label_regime": defaults.label_regime,
+              "derived_from": defaults.label_regime_source,
+              "advice": advice.label_advice.evaluation,
+              "settings": used})
+
+
+def check_augmentations(names: list[str], avoid: list[Any], engine: Engine) -> None:
+    known = engine.kb.augmentations
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise InvalidJob("augmentations", f"unknown augmentation(s) {unknown}; known: "
+                                       f"{', '.join(sorted(known))}")
+    advised_against = {a.name: a.rule for a in avoid}
+    clash = [f"{n} (rule {advised_against[n]})" for n in names if n in advised_against]
+    if clash:
+        raise InvalidJob("augmentations", "the rules advise against these for this dataset: "
+                                       f"{', '.join(clash)}; see POST /v1/recommendations")
+
+
+def plan_pretrain(spec: JobCreate, dataset: DatasetFacts) -> PretrainPlan:
+    # Objectives are torch modules: the planner imports them only for pretrain requests.
+    from zoo.training.build import Recipe, plan_from_rules
+    from zoo.training.pretext.registry import OBJECTIVES
+
+    if not spec.method or spec.method not in OBJECTIVES:
+        raise InvalidJob("method", f"pretrain needs an implemented method; one of "
+                                f"{', '.join(sorted(OBJECTIVES))}")
+    if not dataset.modality:
+        raise InvalidJob("dataset_id", "the dataset has no modality; the rules need one to "
+                                    "choose augmentations (give it when uploading)")
+    if spec.name and not re.match(NAME_PATTERN, spec.name):
+        raise InvalidJob("name", "encoder names are arch.tag in lower case, e.g. "
+                              "resnet18-2d.my-ssl")
+    defaults = pretrain_defaults()
+    kind = OBJECTIVES[spec.method][1]
+    preset = preset_for(defaults.encoder_for_any if kind == "any" else kind,
+                        dataset.spatial_dims)
+    patch = preset.patch_size
+    if patch and any(s % patch for s in dataset.image_size):
+        raise InvalidJob("method", f"{spec.method} uses a ViT with {patch}-pixel patches; image "
+                                f"size {dataset.image_size} is not a multiple")
+    profile = {"task": "classification", "modality": dataset.modality,
+               "dimensionality": f"{dataset.spatial_dims}d", "label_regime": "low"}
+    recipe = Recipe(name=spec.name or "pending", method=spec.method, dataset=dataset.name,
+                    architecture=preset.spec(), profile=profile)
+    try:
+        rules_plan = plan_from_rules(recipe, dataset.channels)
+    except ValueError as err:
+        raise InvalidJob("method", str(err)) from None
+    source = {"rule": "zoo/training/pretrain_defaults.yaml", "source": defaults.source}
+    used: dict[str, Any] = {}
+
+    def pick(name: str, default: Any) -> Any:
+        requested = getattr(spec, name)
+        if requested != "auto":
+            return requested
+        used[name] = {"value": default, **source}
+        return default
+
+    return PretrainPlan(
+        dataset_id=dataset.id, method=spec.method, architecture=preset.spec(),
+        profile=profile, name=spec.name,
+        name_template=f"{preset.name}.{spec.method.replace('_', '-')}-{dataset.slug}",
+        epochs=pick("epochs", defaults.epochs), lr=pick("lr", defaults.lr),
+        batch_size=pick("batch_size", defaults.batch_size[dataset.spatial_dims]),
+        seed=spec.seed, device=spec.device, evaluation=defaults.evaluation,
+        auto={"architecture": preset.name, "hyperparameters": rules_plan.hyperparameters,
+              "augmentations": sorted(rules_plan.policy.ops),
+              "recommended_rank": rules_plan.recommended_rank, "settings": used})

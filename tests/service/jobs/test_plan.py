@@ -1,0 +1,94 @@
+"""The job planner on real seed cards and the real rules engine: every "auto" value is
+resolved from rules data and says where it came from; impossible requests are refused
+with the field to fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rules import default_engine
+from service.jobs.plan import (
+    DatasetFacts,
+    FinetunePlan,
+    InvalidJob,
+    JobCreate,
+    PretrainPlan,
+    plan_finetune,
+    plan_pretrain,
+)
+from zoo.catalog import RevisionRow
+
+SEED = Path(__file__).resolve().parents[3] / "zoo" / "seed"
+
+
+def revision(name: str) -> RevisionRow:
+    return RevisionRow(number=1, card=json.loads((SEED / name / "card.json").read_text()))
+
+
+def breast(**changes: Any) -> DatasetFacts:
+    facts = {"id": 1, "name": "breastmnist", "modality": "ultrasound", "spatial_dims": 2,
+             "channels": 1, "image_size": [28, 28], "num_classes": 2, "train_images": 546}
+    return DatasetFacts(**{**facts, **changes})
+
+
+def finetune(request: dict[str, Any], dataset: DatasetFacts | None = None,
+             encoder: str = "resnet18-2d.simclr-pneumoniamnist") -> FinetunePlan:
+    spec = JobCreate(type="finetune", dataset_id=1, encoder=encoder, **request)
+    return plan_finetune(spec, dataset or breast(), revision(encoder), default_engine())
+
+
+def test_auto_values_come_from_the_rules_with_their_source() -> None:
+    plan = finetune({"label_fraction": 1.0})
+    assert (plan.mode, plan.epochs, plan.lr, plan.batch_size) == ("full", 20, 1e-3, 128)
+    settings = plan.auto["settings"]
+    assert set(settings) == {"mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
+                             "augmentations"}
+    assert settings["lr"]["rule"] == "ft.default"
+    assert settings["lr"]["evidence"][0]["id"] == "ext:yang2023medmnist"
+    assert plan.auto["label_regime"] == "full"
+
+
+def test_scarce_labels_plan_a_linear_probe_and_given_values_win() -> None:
+    plan = finetune({"label_fraction": 0.01, "epochs": 3})  # 5 labels: few-shot
+    assert plan.mode == "linear_probe"
+    assert plan.auto["settings"]["mode"]["rule"] == "ft.scarce.frozen_encoder"
+    assert plan.epochs == 3 and "epochs" not in plan.auto["settings"]
+
+
+def test_augmentations_the_rules_advise_against_are_refused() -> None:
+    with pytest.raises(InvalidJob) as info:
+        finetune({"augmentations": ["gaussian_noise", "rotation_90"]})
+    assert info.value.field == "augmentations"
+    assert "rotation_90 (rule tr.orientation.no_rotation_invariance)" in info.value.message
+    with pytest.raises(InvalidJob, match="unknown augmentation"):
+        finetune({"augmentations": ["spin"]})
+    assert finetune({"augmentations": ["gaussian_noise"]}).augmentations == ["gaussian_noise"]
+
+
+@pytest.mark.parametrize(("dataset", "encoder", "message"), [
+    (breast(spatial_dims=3, image_size=[28, 28, 28]), "resnet18-2d.simclr-pneumoniamnist",
+     "is a 2D encoder"),
+    (breast(channels=3), "resnet18-2d.simclr-pneumoniamnist", "expects 1 channel"),
+    (breast(image_size=[64, 64]), "vit-2d.mae-pneumoniamnist", "is a ViT for [28, 28]"),
+])
+def test_incompatible_encoder_is_refused(dataset: DatasetFacts, encoder: str,
+                                         message: str) -> None:
+    with pytest.raises(InvalidJob) as info:
+        finetune({}, dataset, encoder)
+    assert info.value.field == "encoder" and message in info.value.message
+
+
+def test_pretrain_plan_uses_named_presets_and_rules() -> None:
+    plan = plan_pretrain(JobCreate(type="pretrain", dataset_id=1, method="mae"), breast())
+    assert isinstance(plan, PretrainPlan)
+    assert plan.auto["architecture"] == "vit-2d"
+    assert plan.architecture["args"]["patch_size"] == 4
+    assert plan.name_template == "vit-2d.mae-breastmnist"
+    assert plan.batch_size == 256 and plan.auto["settings"]["epochs"]["value"] == 10
+    assert "rotation_90" not in plan.auto["augmentations"]
+    with pytest.raises(InvalidJob, match="supports 3d"):
+        plan_pretrain(JobCreate(type="pretrain", dataset_id=1, method="rubiks_cube"), breast())
