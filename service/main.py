@@ -6,7 +6,6 @@ import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import partial
 
 from fastapi import APIRouter, FastAPI
 
@@ -18,7 +17,6 @@ from . import errors
 from .auth import load_tokens
 from .config import Settings, get_settings
 from .db import make_engine, ping, session_factory
-from .fast_path import JsonPostFastPath
 from .limits import BodySizeLimit
 from .migrate import upgrade
 from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
@@ -96,9 +94,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(hf.router)
     # Added last = outermost: the size limit runs before anything reads the body.
-    app.add_middleware(JsonPostFastPath, path="/v1/recommendations",
-                       handler=partial(recommendations.fast_answer, rules_engine, zoo),
-                       generation=zoo.generation)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
         ("POST", "/v1/encoders", settings.max_upload_bytes),
         ("POST", "/v1/datasets", settings.max_upload_bytes),

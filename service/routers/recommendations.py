@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from pydantic_core import to_json
 
-from rules import Engine, ProfileConflict, Recommendation, TaskProfile
+from rules import Engine, Recommendation, TaskProfile
 from zoo.matching import EncoderFacts, rank_encoders
 
 from ..deps import EngineDep, ZooDep
-from ..zoo_state import ZooState
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
@@ -38,16 +37,6 @@ def recommendation_json(engine: Engine, profile: TaskProfile,
     ev = engine.evaluate(profile)
     ranked = to_json(rank_encoders(ev.profile, ev.ranked, encoders))
     return ev.json[:-1] + b',"encoders":' + ranked + b"}"
-
-
-def fast_answer(engine: Engine, zoo: ZooState, body: bytes) -> bytes | None:
-    """The route's answer for a valid JSON body, or None for the route to explain why not
-    (see service/fast_path.py)."""
-    try:
-        profile = TaskProfile.model_validate_json(body)
-        return recommendation_json(engine, profile, zoo.encoders())
-    except (ValidationError, ProfileConflict):
-        return None
 
 
 @router.post("", response_model=RecommendationPublic,
