@@ -1,24 +1,33 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from typing import Literal
+
+from fastapi import APIRouter, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy import Engine as DbEngine
+
+from rules.recommendation import EngineInfo
 
 from ..db import ping
+from ..deps import EngineDep
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
-def healthz(request: Request) -> JSONResponse:
+class Health(BaseModel):
+    status: Literal["ok", "degraded"]
+    database: str = Field(description='"ok", or "unavailable: <error type>".')
+    rules: EngineInfo
+
+
+@router.get("/healthz", responses={503: {"model": Health, "description": "Database unreachable"}})
+def healthz(request: Request, response: Response, engine: EngineDep) -> Health:
     """Liveness and readiness: database reachable, knowledge base loaded."""
-    engine = request.app.state.rules_engine
-    status, db = 200, "ok"
+    db_engine: DbEngine = request.app.state.db_engine
     try:
-        ping(request.app.state.db_engine)
+        ping(db_engine)
     except Exception as err:  # the health check reports, it does not raise
-        status, db = 503, f"unavailable: {type(err).__name__}"
-    return JSONResponse(status_code=status, content={
-        "status": "ok" if status == 200 else "degraded",
-        "database": db,
-        "rules": engine.info.model_dump(),
-    })
+        response.status_code = 503
+        return Health(status="degraded", database=f"unavailable: {type(err).__name__}",
+                      rules=engine.info)
+    return Health(status="ok", database="ok", rules=engine.info)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from zoo.catalog import RevisionRow
 
 from ..deps import ZooDep
 from ..files import blob_response
@@ -21,9 +24,70 @@ router = APIRouter(prefix="/hf", tags=["huggingface"])
 ORG = "taskalign"
 
 
+class HfModel(BaseModel):
+    # Field names are ours; the JSON uses the Hub's keys (aliases).
+    model_config = ConfigDict(validate_by_name=True, validate_by_alias=True)
+
+
+class HfError(HfModel):
+    error: str
+
+
+class HfSibling(HfModel):
+    rfilename: str
+    size: int
+
+
+class HfCardData(HfModel):
+    license: str
+
+
+class HfModelInfo(HfModel):
+    """What HfApi.model_info parses; the constants are what a public Hub model reports."""
+
+    object_id: str = Field(alias="_id")
+    id: str
+    model_id: str = Field(alias="modelId")
+    author: str = ORG
+    sha: str
+    last_modified: str = Field(alias="lastModified")
+    created_at: str = Field(alias="createdAt")
+    private: bool = False
+    disabled: bool = False
+    gated: bool = False
+    downloads: int = 0
+    likes: int = 0
+    library_name: str = "taskalign"
+    pipeline_tag: str = "image-feature-extraction"
+    tags: list[str]
+    siblings: list[HfSibling]
+    card_data: HfCardData = Field(alias="cardData")
+
+
+class HfLfs(HfModel):
+    oid: str = Field(description="sha256 of the file.")
+    size: int
+    pointer_size: int = Field(134, alias="pointerSize")
+
+
+class HfTreeEntry(HfModel):
+    """One entry of HfApi.list_repo_tree."""
+
+    type: Literal["file"] = "file"
+    path: str
+    size: int
+    oid: str = Field(description="Git blob id (here: sha1 of the sha256).")
+    lfs: HfLfs
+
+
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": HfError, "description": "Not found; X-Error-Code says what (RepoNotFound, "
+                                           "RevisionNotFound, EntryNotFound)"}}
+
+
 def _error(code: str, message: str) -> JSONResponse:
     # huggingface_hub maps X-Error-Code to RepositoryNotFoundError, EntryNotFoundError...
-    return JSONResponse(status_code=404, content={"error": message},
+    return JSONResponse(status_code=404, content=HfError(error=message).model_dump(),
                         headers={"X-Error-Code": code, "X-Error-Message": message})
 
 
@@ -34,16 +98,16 @@ def _name(repo_id: str) -> str | None:
     return name
 
 
-def _lookup(zoo: ZooDep, repo_id: str, revision: str | None) -> tuple[Any, JSONResponse | None]:
+def _lookup(zoo: ZooDep, repo_id: str, revision: str | None) -> RevisionRow | JSONResponse:
+    """The revision, or the Hub-style 404 to return."""
     name = _name(repo_id)
     if name is None or zoo.registry.get(name) is None:
-        return None, _error("RepoNotFound", f"repository '{repo_id}' not found; ids are "
-                                            f"'{ORG}/<encoder name>'")
+        return _error("RepoNotFound", f"repository '{repo_id}' not found; ids are "
+                                      f"'{ORG}/<encoder name>'")
     rev = zoo.registry.revision(name, revision)
     if rev is None:
-        return None, _error("RevisionNotFound", f"revision '{revision}' not found in "
-                                                f"'{repo_id}'")
-    return rev, None
+        return _error("RevisionNotFound", f"revision '{revision}' not found in '{repo_id}'")
+    return rev
 
 
 def _hub_time(value: datetime) -> str:
@@ -53,56 +117,59 @@ def _hub_time(value: datetime) -> str:
     return value.strftime("%Y-%m-%dT%H:%M:%S.000Z")
 
 
-def _info(repo_id: str, rev: Any) -> dict[str, Any]:
+def _info(repo_id: str, rev: RevisionRow) -> HfModelInfo:
     card = rev.card
-    return {
-        "_id": rev.commit[:24], "id": repo_id, "modelId": repo_id, "author": ORG,
-        "sha": rev.commit, "lastModified": _hub_time(rev.created_at),
-        "createdAt": _hub_time(rev.created_at), "private": False, "disabled": False,
-        "gated": False, "downloads": 0, "likes": 0, "library_name": "taskalign",
-        "pipeline_tag": "image-feature-extraction",
-        "tags": ["medical-imaging", card.get("modality", ""),
-                 card.get("pretext", {}).get("method_id", "")],
-        "siblings": [{"rfilename": f.filename, "size": f.size} for f in rev.files],
-        "cardData": {"license": card.get("weights_licence", "").lower()},
-    }
+    return HfModelInfo(
+        object_id=rev.commit[:24], id=repo_id, model_id=repo_id, sha=rev.commit,
+        last_modified=_hub_time(rev.created_at), created_at=_hub_time(rev.created_at),
+        tags=["medical-imaging", card.get("modality", ""),
+              card.get("pretext", {}).get("method_id", "")],
+        siblings=[HfSibling(rfilename=f.filename, size=f.size) for f in rev.files],
+        card_data=HfCardData(license=card.get("weights_licence", "").lower()),
+    )
 
 
-@router.get("/api/models/{repo_id:path}/revision/{revision}")
-def model_info_at(repo_id: str, revision: str, zoo: ZooDep) -> Response:
+@router.get("/api/models/{repo_id:path}/revision/{revision}", response_model=HfModelInfo,
+            responses=NOT_FOUND)
+def model_info_at(repo_id: str, revision: str, zoo: ZooDep) -> HfModelInfo | JSONResponse:
     """Model info at a revision (HfApi.model_info / repo_info)."""
-    rev, err = _lookup(zoo, repo_id, revision)
-    return err or JSONResponse(_info(repo_id, rev))
+    rev = _lookup(zoo, repo_id, revision)
+    return rev if isinstance(rev, JSONResponse) else _info(repo_id, rev)
 
 
-@router.get("/api/models/{repo_id:path}/tree/{revision}")
-def model_tree(repo_id: str, revision: str, zoo: ZooDep) -> Response:
+@router.get("/api/models/{repo_id:path}/tree/{revision}", response_model=list[HfTreeEntry],
+            responses=NOT_FOUND)
+def model_tree(repo_id: str, revision: str, zoo: ZooDep) -> list[HfTreeEntry] | JSONResponse:
     """Files of a revision (HfApi.list_repo_tree, used by snapshot_download)."""
-    rev, err = _lookup(zoo, repo_id, revision)
-    if err:
-        return err
-    return JSONResponse([
-        {"type": "file", "path": f.filename, "size": f.size,
-         "oid": hashlib.sha1(f.sha256.encode()).hexdigest(),
-         "lfs": {"oid": f.sha256, "size": f.size, "pointerSize": 134}}
-        for f in rev.files
-    ])
+    rev = _lookup(zoo, repo_id, revision)
+    if isinstance(rev, JSONResponse):
+        return rev
+    return [HfTreeEntry(path=f.filename, size=f.size,
+                        oid=hashlib.sha1(f.sha256.encode()).hexdigest(),
+                        lfs=HfLfs(oid=f.sha256, size=f.size))
+            for f in rev.files]
 
 
-@router.get("/api/models/{repo_id:path}")
-def model_info(repo_id: str, zoo: ZooDep) -> Response:
+@router.get("/api/models/{repo_id:path}", response_model=HfModelInfo, responses=NOT_FOUND)
+def model_info(repo_id: str, zoo: ZooDep) -> HfModelInfo | JSONResponse:
     """Model info at the latest revision."""
-    rev, err = _lookup(zoo, repo_id, None)
-    return err or JSONResponse(_info(repo_id, rev))
+    rev = _lookup(zoo, repo_id, None)
+    return rev if isinstance(rev, JSONResponse) else _info(repo_id, rev)
 
 
-@router.api_route("/{repo_id:path}/resolve/{revision}/{filename}", methods=["GET", "HEAD"])
+RESOLVE = "/{repo_id:path}/resolve/{revision}/{filename}"
+
+
+@router.get(RESOLVE, response_class=Response, responses={**NOT_FOUND, 200: {
+    "description": "The file's bytes (Range, ETag, X-Repo-Commit)",
+    "content": {"application/octet-stream": {}}}})
+@router.head(RESOLVE, include_in_schema=False)  # hf_hub_download asks HEAD first
 def resolve(repo_id: str, revision: str, filename: str, request: Request,
             zoo: ZooDep) -> Response:
     """A file download as hf_hub_download expects it (commit and ETag headers, Range)."""
-    rev, err = _lookup(zoo, repo_id, revision)
-    if err:
-        return err
+    rev = _lookup(zoo, repo_id, revision)
+    if isinstance(rev, JSONResponse):
+        return rev
     entry = next((f for f in rev.files if f.filename == filename), None)
     if entry is None:
         return _error("EntryNotFound", f"'{filename}' not in '{repo_id}' at {revision}")

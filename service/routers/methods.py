@@ -1,23 +1,29 @@
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Query
+
+from rules import Engine
+from rules.knowledge import Method
+from rules.recommendation import Evidence
 
 from ..deps import EngineDep
 from ..errors import not_found
-from ..pagination import Limit, Offset, Page, page
+from ..pagination import Limit, Offset, Page
 
 router = APIRouter(prefix="/methods", tags=["methods"])
 
 
-def method_public(engine: Any, method: Any) -> dict[str, Any]:
-    out = method.model_dump()
-    out["evidence"] = engine.evidence(method.references)
-    return out
+class MethodPublic(Method):
+    """A catalog method with its references expanded to short citations."""
+
+    evidence: list[Evidence]
 
 
-@router.get("", response_model=Page[dict])
+def method_public(engine: Engine, method: Method) -> MethodPublic:
+    return MethodPublic(**dict(method), evidence=engine.evidence(method.references))
+
+
+@router.get("")
 def list_methods(
     engine: EngineDep,
     family: str | None = Query(None, description="contrastive_global, contrastive_local, "
@@ -27,24 +33,20 @@ def list_methods(
     q: str | None = Query(None, description="Text search in id, name and summary."),
     limit: Limit = 100,
     offset: Offset = 0,
-) -> dict[str, Any]:
+) -> Page[MethodPublic]:
     """The pretext-method catalog (review section 4)."""
-    items = []
-    for m in engine.kb.methods.values():
-        if family and m.family != family:
-            continue
-        if dims and dims not in m.dims:
-            continue
-        if tag and tag not in m.tags:
-            continue
-        if q and q.lower() not in f"{m.id} {m.name} {m.summary}".lower():
-            continue
-        items.append(method_public(engine, m))
-    return page(items, limit, offset)
+    found = [
+        m for m in engine.kb.methods.values()
+        if (not family or m.family == family) and (not dims or dims in m.dims)
+        and (not tag or tag in m.tags)
+        and (not q or q.lower() in f"{m.id} {m.name} {m.summary}".lower())
+    ]
+    return Page[MethodPublic](
+        data=[method_public(engine, m) for m in found[offset: offset + limit]], count=len(found))
 
 
 @router.get("/{method_id}")
-def get_method(method_id: str, engine: EngineDep) -> dict[str, Any]:
+def get_method(method_id: str, engine: EngineDep) -> MethodPublic:
     """One method with its defaults, data needs and expanded references."""
     method = engine.kb.methods.get(method_id)
     if method is None:

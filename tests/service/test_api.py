@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import httpx
 import pytest
+
+from service.config import Settings
+from service.main import create_app
 
 pytestmark = pytest.mark.anyio
 
@@ -169,3 +173,56 @@ async def test_cache_does_not_bypass_validation(client: httpx.AsyncClient) -> No
         r = await client.post("/v1/recommendations", content=bad,
                               headers={"content-type": "application/json"})
         assert r.status_code == 422
+
+
+async def test_rules_include_finetune_defaults(client: httpx.AsyncClient) -> None:
+    from rules import default_engine
+
+    kb = default_engine().kb
+    entries = [lf.entry for lf in kb.finetune]
+    r = await client.get("/v1/rules", params={"file": "tables/finetune.yaml"})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["count"] == len(entries) >= 1
+    assert [e["id"] for e in body["data"]] == [e.id for e in entries]
+    for got, entry in zip(body["data"], entries, strict=True):
+        assert got["file"] == "tables/finetune.yaml" and "effects" not in got
+        assert got["when"] == entry.when  # null: always applies (the first entry)
+        assert got["set"] == entry.set.model_dump(exclude_none=True)
+        assert got["rationale"] == entry.rationale and got["refs"] == entry.refs
+        assert got["sections"] == entry.sections and got.get("source") == entry.source
+    assert body["data"][0]["when"] is None
+    everything = (await client.get("/v1/rules")).json()
+    cells = sum(len(row) for row in kb.alignment.cells.values())
+    assert everything["count"] == cells + len(kb.rules) + len(entries)
+
+
+async def test_health_reports_503_when_database_is_down(settings: Settings) -> None:
+    app = create_app(settings)
+    app.state.db_engine.dispose()
+    shutil.rmtree(settings.home)  # SQLite cannot open a file in a missing directory
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        r = await c.get("/healthz")
+    assert r.status_code == 503
+    body = r.json()
+    assert body["status"] == "degraded" and body["database"].startswith("unavailable: ")
+    assert body["rules"]["methods_in_catalog"] >= 30
+
+
+async def test_openapi_names_response_models(client: httpx.AsyncClient) -> None:
+    spec = (await client.get("/openapi.json")).json()
+
+    def schema(path: str, status: str = "200") -> str:
+        content = spec["paths"][path]["get"]["responses"][status]["content"]
+        return content["application/json"]["schema"]["$ref"].rsplit("/", 1)[-1]
+
+    assert schema("/v1/methods") == "Page_MethodPublic_"
+    assert schema("/v1/methods/{method_id}") == "MethodPublic"
+    assert schema("/v1/rules") == "Page_RulePublic_"
+    assert schema("/v1/references") == "Page_Reference_"
+    assert schema("/v1/references/{ref_id}") == "Reference"
+    assert schema("/v1/alignment-matrix") == "AlignmentMatrix"
+    assert schema("/healthz") == schema("/healthz", "503") == "Health"
+    assert schema("/hf/api/models/{repo_id}") == "HfModelInfo"
+    assert schema("/hf/api/models/{repo_id}", "404") == "HfError"

@@ -132,3 +132,29 @@ def test_cli_download_and_export(source: dict[str, Any], tmp_path: Path) -> None
                              "--endpoint", source["url"]], capture_output=True, text=True,
                             timeout=60)
     assert listed.returncode == 0 and NAME in listed.stdout
+
+
+def test_model_info_and_tree_match_models(source: dict[str, Any]) -> None:
+    from huggingface_hub import HfApi
+
+    from service.routers.hf import HfModelInfo, HfTreeEntry
+
+    endpoint = f"{source['url']}/hf"
+    api = HfApi(endpoint=endpoint)
+    info = api.model_info(REPO)
+    assert info.id == REPO and info.sha == source["stored"]["commit"]
+    assert info.library_name == "taskalign" and info.pipeline_tag == "image-feature-extraction"
+    stored = source["stored"]["files"]
+    assert {s.rfilename: s.size for s in info.siblings or []} == {
+        name: entry["size"] for name, entry in stored.items()}
+    tree = list(api.list_repo_tree(REPO))
+    assert {f.path: f.lfs.sha256 for f in tree if f.lfs} == {
+        name: entry["sha256"] for name, entry in stored.items()}
+    # The raw JSON is what our models describe, under the Hub's key names.
+    raw = httpx.get(f"{endpoint}/api/models/{REPO}").json()
+    assert HfModelInfo.model_validate(raw).model_dump(by_alias=True) == raw
+    raw_tree = httpx.get(f"{endpoint}/api/models/{REPO}/tree/main").json()
+    assert [HfTreeEntry.model_validate(e).model_dump(by_alias=True) for e in raw_tree] == raw_tree
+    missing = httpx.get(f"{endpoint}/api/models/{REPO}/revision/999")
+    assert missing.status_code == 404 and missing.headers["X-Error-Code"] == "RevisionNotFound"
+    assert set(missing.json()) == {"error"}
