@@ -1,16 +1,16 @@
 """Benchmark the recommender.
 
-(a) Engine only: latency of Engine.recommend over 10,000 random valid profiles
-    (target p99 < 1 ms).
+(a) Engine only: latency of Engine.evaluate over 10,000 random valid profiles
+    (target p99 < 1 ms), with and without the per-signature memo.
 (b) HTTP: requests/s of POST /v1/recommendations against a trivial JSON echo route
-    added to the same app, served by the same uvicorn process, in the same run
-    (target ratio >= 0.8). Measured with every request distinct, so the raw response
-    cache never answers: first on a fresh server (the engine's per-signature memo starts
-    empty and fills), then, after a working set of 200 profiles (the response cache
-    answers), with a second set of distinct profiles never sent before (steady state: their
-    request bodies are new, their rule signatures mostly seen); and, on a second server
-    over the same state with TASKALIGN_RECOMMEND_MEMO_MB=0, distinct profiles with no memo
-    at all: every answer computed from scratch.
+    added to the same app, served by the same uvicorn process, in the same run. Both go
+    through FastAPI: there is one request path per route. Target: distinct profiles at
+    steady state at least 0.6x the echo route. Every request body is distinct: first on a
+    fresh server (the engine's per-signature memo starts empty and fills), then a working
+    set of 200 repeated profiles, then a second set of distinct profiles never sent before
+    (steady state: new bodies, rule signatures mostly seen); and, on a second server over
+    the same state with TASKALIGN_RECOMMEND_MEMO_MB=0, distinct profiles with no memo at
+    all: every answer computed from scratch.
     Measuring starts only once the seed zoo has finished registering in the background
     (its ONNX exports would otherwise share the two cores with the server).
 
@@ -38,6 +38,9 @@ sys.path.insert(0, str(ROOT))
 from bench.loadgen import encode_post, run_load  # noqa: E402
 from rules import Engine, TaskProfile, default_engine  # noqa: E402
 from rules.engine import MEMO_BYTES  # noqa: E402
+
+# Ratio to the echo route that each HTTP measurement must reach (issue 9).
+TARGETS = {"recommend, new distinct profiles, steady": 0.6}
 
 
 def bench_app():  # noqa: ANN201 - uvicorn factory
@@ -196,8 +199,10 @@ def main() -> None:
                       "recommend, 200-profile working set"]
         for name in names:
             ratio = results[name + tag]["rps"] / echo_rps
-            print(f"ratio {name + tag} / echo: {ratio:.2f} "
-                  f"(target >= 0.8: {'met' if ratio >= 0.8 else 'NOT met'})")
+            target = TARGETS.get(name + tag)
+            verdict = (f"target >= {target}: {'met' if ratio >= target else 'NOT met'}"
+                       if target else "no target")
+            print(f"ratio {name + tag} / echo: {ratio:.2f} ({verdict})")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ def ray_head() -> Iterator[str]:
     temp = f"/tmp/rt{uuid.uuid4().hex[:6]}"
     proc = subprocess.Popen(
         [ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-         f"--dashboard-port={dash}", "--disable-usage-stats", "--block", f"--temp-dir={temp}",
+         "--node-ip-address=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+         "--block", f"--temp-dir={temp}",
          "--include-dashboard=true"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{dash}"
