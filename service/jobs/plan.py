@@ -12,13 +12,13 @@ decides nothing.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from rules import Engine, TaskProfile
-from rules.recommendation import FinetuneDefaults, Sourced
+from rules.recommendation import AvoidedAugmentation, FinetuneDefaults, Sourced
 from zoo.cards import NAME_PATTERN
 from zoo.catalog import DatasetRow, RevisionRow
 from zoo.presets import preset_for
@@ -37,6 +37,7 @@ class InvalidJob(Invalid):
     code = "invalid_job"
 
 Auto = Literal["auto"]
+T = TypeVar("T")
 # Fine-tuning settings a pretrain request may not set (it would silently ignore them).
 # `encoder`, `encoder_revision` and `mode` have always been ignored there and still are.
 FINETUNE_ONLY = ("encoder_lr_multiplier", "augmentations")
@@ -191,8 +192,8 @@ def finetune_profile(dataset: DatasetFacts, card: dict[str, Any],
                        dimensionality=f"{dataset.spatial_dims}d", top_k=1)
 
 
-def _resolve(requested: Any, default: Sourced[Any], name: str,
-             used: dict[str, Any]) -> Any:
+def _resolve(requested: T | Auto, default: Sourced[T], name: str,
+             used: dict[str, Any]) -> T:
     """The requested value, or the rules' default, recording where an auto value came from."""
     if requested != "auto":
         return requested
@@ -223,7 +224,8 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
               "settings": used})
 
 
-def check_augmentations(names: list[str], avoid: list[Any], engine: Engine) -> None:
+def check_augmentations(names: list[str], avoid: list[AvoidedAugmentation],
+                        engine: Engine) -> None:
     known = engine.kb.augmentations
     unknown = [n for n in names if n not in known]
     if unknown:
@@ -269,7 +271,7 @@ def plan_pretrain(spec: JobCreate, dataset: DatasetFacts) -> PretrainPlan:
     source = {"rule": "zoo/training/pretrain_defaults.yaml", "source": defaults.source}
     used: dict[str, Any] = {}
 
-    def pick(name: str, default: Any) -> Any:
+    def pick(name: str, default: T) -> T:
         requested = getattr(spec, name)
         if requested != "auto":
             return requested

@@ -15,9 +15,9 @@ from pydantic import BaseModel, ConfigDict
 
 from ..auth import UserDep
 from ..deps import EngineDep, SettingsDep, ZooDep
-from ..jobs import queue
+from ..jobs import queue, submission
 from ..jobs.models import TERMINAL, JobEventRow, JobRow
-from ..jobs.plan import JobCreate, plan_job
+from ..jobs.plan import JobCreate
 from ..pagination import Limit, Offset, Page
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -65,10 +65,7 @@ class JobEventPublic(BaseModel):
 async def submit_job(spec: JobCreate, user: UserDep, zoo: ZooDep, engine: EngineDep,
                      idempotency_key: str | None = Header(None, max_length=128)) -> JobPublic:
     """Queue a job; repeat the same Idempotency-Key to get the same job back."""
-    plan = await run_in_threadpool(plan_job, spec, user, zoo.registry, engine)
-    job, _ = await run_in_threadpool(queue.submit, zoo.registry.sessions, user.name, spec.type,
-                                     spec.model_dump(), plan.model_dump(mode="json"),
-                                     idempotency_key)
+    job = await run_in_threadpool(submission.submit, spec, user, zoo, engine, idempotency_key)
     return JobPublic.from_row(job)
 
 
