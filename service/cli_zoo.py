@@ -179,7 +179,7 @@ def push(name: str, repo: Annotated[str, typer.Option(help="ORG/REPO on the Hub.
 
 @app.command()
 def build(recipes: Annotated[list[str] | None, typer.Argument(
-              help="Recipe names (zoo/recipes/*.yaml); all when none given.")] = None,
+              help="Recipe names (zoo/training/recipes/*.yaml); all when none given.")] = None,
           out: Annotated[Path | None, typer.Option(help="Output folder (default zoo/seed).")]
           = None,
           register: Annotated[bool, typer.Option(help="Register in the local zoo.")] = True

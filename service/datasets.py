@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
@@ -13,13 +13,17 @@ from sqlalchemy import func, select
 from rules.vocabulary import UnknownValueError, load_vocabulary
 from zoo.cards import now
 from zoo.catalog import DatasetRow
-from zoo.datasets.ingest import check, from_npz_bytes, from_zip_bytes, summarise, to_npz_bytes
-from zoo.datasets.readers import DataError, Dataset, load_folder, load_npz
 
 from .auth import User
 from .config import Settings
 from .problems import Conflict, Invalid, NotFound
 from .zoo_state import ZooState
+
+if TYPE_CHECKING:
+    from zoo.datasets.readers import Dataset
+
+# zoo.datasets holds images as torch tensors: its functions are imported where a dataset is
+# read, so that importing the API does not load torch.
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 Kind = Literal["npz", "folder", "path"]
@@ -67,6 +71,9 @@ def normalise_modality(value: str | None) -> str | None:
 
 def load_path(spec: DatasetPath, settings: Settings) -> Dataset:
     """Read and check a dataset under the data dir (or TASKALIGN_HOME/datasets) only."""
+    from zoo.datasets.ingest import check
+    from zoo.datasets.readers import DataError, load_folder, load_npz
+
     roots = [r.resolve() for r in (settings.data_dir, settings.home / "datasets") if r]
     target = Path(spec.path).resolve()
     if not any(target == r or r in target.parents for r in roots):
@@ -88,6 +95,9 @@ def load_upload(filename: str, data: bytes, name: str, channels: int,
                 max_bytes: int) -> tuple[Dataset, Kind, bytes]:
     """Decode an uploaded .npz or .zip (images + labels.csv); returns the dataset, its kind
     and the canonical npz bytes to store."""
+    from zoo.datasets.ingest import from_npz_bytes, from_zip_bytes, to_npz_bytes
+    from zoo.datasets.readers import DataError
+
     filename = filename.lower()
     try:
         if filename.endswith(".npz"):
@@ -104,6 +114,8 @@ def load_upload(filename: str, data: bytes, name: str, channels: int,
 def store(zoo: ZooState, owner: str, name: str, kind: Kind, dataset: Dataset,
           blob: bytes | None, path: str | None, modality: str | None) -> DatasetPublic:
     """Blob first, then one transaction; a refused insert removes a blob it created."""
+    from zoo.datasets.ingest import summarise
+
     sha, size, created = (None, 0, False) if blob is None else zoo.store.put_bytes(blob)
     try:
         with zoo.registry.sessions.begin() as session:

@@ -1,4 +1,5 @@
-"""Bring a database to the newest schema with Alembic (run at start-up and by `taskalign db`)."""
+"""Bring a database to the newest schema with Alembic (run at start-up by create_app and by
+`taskalign worker`)."""
 
 from __future__ import annotations
 

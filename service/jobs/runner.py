@@ -43,7 +43,7 @@ def load_job_dataset(row: DatasetRow, store: BlobStore) -> Dataset:
 def start_run(job: JobRow, sessions: Sessions, store: BlobStore, dataset_id: int,
               device_name: str) -> tuple[DatasetRow, Dataset, str]:
     """What both job types do first: load the dataset and record the device used."""
-    # torch is imported only by the runner process, never by the API that plans jobs.
+    # The training stack loads in the runner process only, never in the API that plans jobs.
     from zoo.training.train import pick_device
 
     with sessions() as session:

@@ -1,7 +1,7 @@
 """Build an encoder from a recipe: ask the rules engine how, pretrain, evaluate against
 baselines in the same run, write the card and fp16 safetensors, and register.
 
-A recipe is data (zoo/recipes/*.yaml). The recommendation for the recipe's profile
+A recipe is data (zoo/training/recipes/*.yaml). The recommendation for the recipe's profile
 supplies augmentations to use and avoid and the method's hyperparameters; the recipe may
 override hyperparameters, and says so in the card.
 """

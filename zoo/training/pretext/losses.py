@@ -1,5 +1,5 @@
 """Loss functions of the pretext objectives, vectorised. Each docstring names the paper;
-tests/zoo/test_losses.py checks every one against its defining formula written naively."""
+tests/zoo/training/test_losses.py checks every one against its defining formula written naively."""
 
 from __future__ import annotations
 
