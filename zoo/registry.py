@@ -159,7 +159,9 @@ class Registry:
         self.sessions, self.store = sessions, store
 
     def register(self, prepared: Prepared, family: str | None = None) -> StoredCard:
-        """Store files and add a revision; identical weights to the latest are a conflict."""
+        """Store files and add a revision. An upload that repeats the latest revision (same
+        weights, same card) raises RegistrationConflict. Without a family, the pretext family
+        is the encoder's earlier one."""
         from .modelcard import render
 
         card = prepared.card
@@ -174,8 +176,8 @@ class Registry:
             with self.sessions.begin() as session:
                 row = session.scalars(select(EncoderRow).where(EncoderRow.name == card.name)
                                       .with_for_update()).first()
-                pretext = card.pretext.model_copy(
-                    update={"family": card.pretext.family or family})
+                family = card.pretext.family or family or (row.family if row else None)
+                pretext = card.pretext.model_copy(update={"family": family})
                 number = 1
                 if row is not None:
                     latest = session.scalars(select(RevisionRow).where(

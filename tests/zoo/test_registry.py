@@ -13,7 +13,13 @@ from sqlalchemy.orm import sessionmaker
 from service.migrate import upgrade
 from tests.utils import card, weights
 from zoo.catalog import EncoderRow, FileRow, RevisionRow
-from zoo.registry import RegistrationError, Registry, check_safetensors, prepare
+from zoo.registry import (
+    RegistrationConflict,
+    RegistrationError,
+    Registry,
+    check_safetensors,
+    prepare,
+)
 from zoo.storage import BlobStore
 
 
@@ -39,15 +45,19 @@ def test_register_then_new_revision(registry: Registry) -> None:
     assert first.onnx_parity_max_abs_diff < 1e-4 and first.feature_dim == 64
     for entry in first.files.values():
         assert registry.store.path(entry.sha256).stat().st_size == entry.size
-    with pytest.raises(RegistrationError) as info:
+    with pytest.raises(RegistrationConflict, match="same weights and card"):
         registry.register(prepare(c, weights(c, seed=0)))
-    assert info.value.status == 409
+    edited = {**c, "description": "same weights, corrected description"}
+    card_only = registry.register(prepare(edited, weights(c, seed=0)))
+    assert card_only.revision == 2 and card_only.pretext.family == "contrastive_global"
+    assert card_only.files["model.safetensors"] == first.files["model.safetensors"]
+    c = edited
     second = registry.register(prepare(c, weights(c, seed=1)))
-    assert second.revision == 2 and second.commit != first.commit
+    assert second.revision == 3 and second.commit != first.commit
     assert registry.revision(c["name"], "1").commit == first.commit
-    assert registry.revision(c["name"], None).number == 2
+    assert registry.revision(c["name"], None).number == 3
     assert registry.revision(c["name"], first.commit).number == 1
-    assert counts(registry)[:2] == (1, 2)
+    assert counts(registry)[:2] == (1, 3)
 
 
 def test_fp16_weights_accepted(registry: Registry) -> None:
