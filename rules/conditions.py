@@ -33,6 +33,14 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
 LIST_OPERATORS = {"in", "not_in"}
 
 
+def facts_in(node: Mapping[str, Any]) -> set[str]:
+    """The facts a (valid) condition reads: a predicate's answer depends on these alone."""
+    if "fact" in node:
+        return {node["fact"]}
+    children = node.get("all") or node.get("any") or [node["not"]]
+    return set().union(*(facts_in(c) for c in children))
+
+
 class ConditionError(ValueError):
     pass
 

@@ -27,8 +27,10 @@ from .knowledge import HyperparameterEffect, Knowledge, LoadedRule, Method, RefI
 from .profile import TaskProfile, facts_of, resolve_dicts
 from .recommendation import EngineInfo, FinetuneDefaults, Recommendation
 
-# Serialised outcomes kept per engine; a default answer is about 17 KB.
-MEMO_BYTES = 64 * 1024 * 1024
+# Serialised outcomes kept per engine; a default answer is about 17 KB. Sixty thousand
+# random profiles have about 5,300 signatures (~90 MB): 64 MB missed 5.8 % of steady-state
+# requests, 128 MB misses only the 2 % that are new signatures (bench/recommend.py).
+MEMO_BYTES = 128 * 1024 * 1024
 
 
 def short_authors(authors: str) -> str:
@@ -62,6 +64,18 @@ class _Eligibility:
 
 
 @dataclass(frozen=True)
+class _Decided:
+    """Which needs a profile meets and which rules fire: fixed by the condition facts."""
+
+    needs_met: tuple[str, ...]
+    fired: tuple[int, ...]
+
+    @property
+    def size(self) -> int:
+        return 64 + 8 * (len(self.needs_met) + len(self.fired))
+
+
+@dataclass(frozen=True)
 class _Outcome:
     """The part of an answer its signature fixes, already serialised."""
 
@@ -80,12 +94,23 @@ class _Outcome:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """A recommendation as JSON bytes (exactly `Recommendation`'s schema) plus the few
-    facts that matching zoo encoders needs, so callers need not parse the JSON back."""
+    """A recommendation as JSON (exactly `Recommendation`'s schema) plus the few facts that
+    matching zoo encoders needs, so callers need not parse the JSON back.
 
-    json: bytes
+    The JSON is kept as the pieces of one object without its closing brace, so a caller
+    can append members (the API adds `encoders`) with a single copy of ~17 KB."""
+
+    parts: tuple[bytes, ...]
     profile: dict[str, Any]
     ranked: tuple[tuple[str, int, str], ...]
+
+    @property
+    def json(self) -> bytes:
+        return self.with_members()
+
+    def with_members(self, *members: bytes) -> bytes:
+        """The JSON object with extra members, each given as b',"name":value'."""
+        return b"".join((*self.parts, *members, b"}"))
 
 
 @dataclass(frozen=True)
@@ -151,13 +176,17 @@ class Engine:
         self._info_json = to_json(self._info)
         self._alignment_note_json = to_json(knowledge.alignment.note)
         self._effects = [self._prepare(lr) for lr in knowledge.rules]
-        self._advice = {  # LabelAdvice without `regime` and `derived_from`, added per call
-            regime: {"expected_benefit": a.expected_benefit,
-                     "evaluation": a.evaluation, "adaptation": a.adaptation,
-                     "sections": a.sections, "evidence": self.evidence(a.refs)}
+        # LabelAdvice serialised without its opening `regime` and `derived_from`, which
+        # are added per call: b',"expected_benefit":...}'.
+        self._advice_tail = {
+            regime: b"," + to_json({"expected_benefit": a.expected_benefit,
+                                    "evaluation": a.evaluation, "adaptation": a.adaptation,
+                                    "sections": a.sections,
+                                    "evidence": self.evidence(a.refs)})[1:]
             for regime, a in knowledge.regime_advice.items()
         }
         self._eligibility = _Memo(memo_bytes // 16)
+        self._decided = _Memo(memo_bytes // 16)
         self._static: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.memo = _Memo(memo_bytes)
 
@@ -177,13 +206,19 @@ class Engine:
         kb = self.kb
         resolved, assumptions, input_warnings = resolve_dicts(profile, kb.vocabulary)
         facts = facts_of(resolved)
-        needs_met = tuple(name for name, (pred, _) in kb.needs.items() if pred(facts))
+        decided_key = tuple(map(facts.get, kb.condition_facts))
+        decided = self._decided.get(decided_key)
+        if decided is None:
+            decided = _Decided(
+                tuple(name for name, (pred, _) in kb.needs.items() if pred(facts)),
+                tuple(i for i, lr in enumerate(kb.rules) if lr.predicate(facts)))
+            self._decided.put(decided_key, decided)
+        needs_met, fired = decided.needs_met, decided.fired
         elig_key = (facts["dims"], facts["modality"], facts["anatomy"], needs_met)
         eligibility = self._eligibility.get(elig_key)
         if eligibility is None:
             eligibility = self._eligible(facts, needs_met)
             self._eligibility.put(elig_key, eligibility)
-        fired = tuple(i for i, lr in enumerate(kb.rules) if lr.predicate(facts))
         key = (elig_key, fired, facts["task"], facts["table3"], profile.top_k)
         outcome = self.memo.get(key)
         if outcome is None:
@@ -194,23 +229,22 @@ class Engine:
                      "rule": "input", "evidence": []} for w in input_warnings]
         warnings.extend(outcome.rule_warnings)
         regime = resolved["label_regime"]
-        advice = {"regime": regime, "derived_from": resolved["label_regime_source"],
-                  **self._advice[regime]}
-        body = b"".join((
+        parts = (
             b'{"profile":', to_json(resolved),
             b',"assumptions":', to_json(assumptions),
             b',"recommendations":', outcome.recommendations_json,
             b',"excluded":', eligibility.excluded_json,
             b',"warnings":', to_json(warnings),
-            b',"label_advice":', to_json(advice),
+            b',"label_advice":{"regime":', to_json(regime),
+            b',"derived_from":', to_json(resolved["label_regime_source"]),
+            self._advice_tail[regime],
             b',"augmentations":', outcome.augmentations_json,
             b',"notes":', outcome.notes_json,
             b',"alignment_note":', self._alignment_note_json,
             b',"trace":', outcome.trace_json,
             b',"engine":', self._info_json,
-            b"}",
-        ))
-        return Evaluation(json=body, profile=resolved, ranked=outcome.ranked)
+        )
+        return Evaluation(parts=parts, profile=resolved, ranked=outcome.ranked)
 
     def finetune_defaults(self, profile: TaskProfile) -> FinetuneDefaults:
         """Fine-tuning settings for a profile, each with the entry that set it; raises

@@ -12,7 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from .conditions import ConditionError, Predicate, compile_condition
+from .conditions import ConditionError, Predicate, compile_condition, facts_in
 from .vocabulary import KINDS, PACKAGE_DIR, Vocabulary
 
 RefId = int | str
@@ -224,6 +224,9 @@ class Knowledge:
     rules: list[LoadedRule]
     needs: dict[str, tuple[Predicate, str]]
     finetune: list[LoadedFinetuneEntry]
+    # Every fact that a rule or a `need` condition reads, so that which rules fire can be
+    # worked out once per combination of these values.
+    condition_facts: tuple[str, ...]
     fingerprint: str
     files: list[str] = field(default_factory=list)
 
@@ -430,6 +433,9 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
         rules=rules,
         needs=needs,
         finetune=finetune,
+        condition_facts=tuple(sorted(
+            set().union(*(facts_in(lr.rule.when) for lr in rules),
+                        *(facts_in(spec["condition"]) for spec in vocab.raw["needs"].values())))),
         fingerprint=digest.hexdigest()[:16],
         files=files,
     )

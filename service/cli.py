@@ -93,9 +93,10 @@ def recommend(
         profile = TaskProfile.model_validate({k: v for k, v in raw.items() if v is not None})
         rec = default_engine().recommend(profile)
         if as_json:
-            from .routers.recommendations import recommendation_json
+            from .routers.recommendations import matcher_over, recommendation_json
 
-            body = recommendation_json(default_engine(), profile, _local_encoders())
+            body = recommendation_json(default_engine(), profile,
+                                       matcher_over(_local_encoders()))
             typer.echo(body.decode())
             return
     except ValidationError as err:

@@ -22,7 +22,7 @@ class Settings(BaseSettings):
                                   description="Datasets; default ../shared/data when present.")
     database_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home.")
     rules_dir: Path | None = Field(None, description="Alternative knowledge directory.")
-    recommend_memo_mb: float = Field(64, ge=0, description="Memory for memoised "
+    recommend_memo_mb: float = Field(128, ge=0, description="Memory for memoised "
                                      "recommendations (per rule signature); 0 turns it off.")
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Largest JSON body accepted.")
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024,

@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Any
 
+from pydantic_core import to_json
 from sqlalchemy.orm import Session, sessionmaker
 
 from zoo.embed import SessionCache
-from zoo.matching import EncoderFacts
+from zoo.matching import EncoderFacts, match_key, rank_encoders
 from zoo.registry import Registry
 from zoo.storage import BlobStore
 
 
 class ZooState:
     REFRESH_SECONDS = 2.0
+    MATCHES_KEPT = 4096  # answers differ only by ranked methods, modality, dims, colour
 
     def __init__(self, sessions: sessionmaker[Session], store: BlobStore):
         self.registry = Registry(sessions, store)
@@ -25,6 +30,7 @@ class ZooState:
         self._checked = 0.0
         self._generation: tuple[int, int] = (-1, -1)
         self._facts: list[EncoderFacts] = []
+        self._matches: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
 
     def generation(self) -> tuple[int, int]:
         """(revision count, newest revision id); polled at most every couple of seconds."""
@@ -42,6 +48,7 @@ class ZooState:
                             in_channels=r.in_channels, feature_dim=r.feature_dim)
                             for r in rows]
                         self._generation = gen
+                        self._matches.clear()
         return self._generation
 
     def invalidate(self) -> None:
@@ -50,3 +57,23 @@ class ZooState:
     def encoders(self) -> list[EncoderFacts]:
         self.generation()
         return self._facts
+
+    def matches_json(self, profile: dict[str, Any],
+                     ranked: Sequence[tuple[str, int, str]]) -> bytes:
+        """`rank_encoders` over the zoo as JSON, memoised until the zoo changes: many
+        profiles share their ranked methods, modality and dims."""
+        self.generation()
+        key = match_key(profile, ranked)
+        with self._lock:
+            hit = self._matches.get(key)
+            if hit is not None:
+                self._matches.move_to_end(key)
+                return hit
+            facts = self._facts
+        answer = to_json(rank_encoders(profile, ranked, facts))
+        with self._lock:
+            if facts is self._facts:  # not refreshed meanwhile
+                self._matches[key] = answer
+                if len(self._matches) > self.MATCHES_KEPT:
+                    self._matches.popitem(last=False)
+        return answer

@@ -21,6 +21,13 @@ class EncoderFacts:
     feature_dim: int
 
 
+def match_key(profile: dict[str, Any], ranked: Sequence[tuple[str, int, str]]
+              ) -> tuple[Any, ...]:
+    """Everything `rank_encoders` reads besides the encoders: equal keys, equal answers."""
+    return (tuple(ranked), profile["modality"], profile["dimensionality"],
+            bool(profile["properties"].get("color")))
+
+
 def rank_encoders(profile: dict[str, Any], ranked: Sequence[tuple[str, int, str]],
                   encoders: list[EncoderFacts], limit: int = 5) -> list[dict[str, Any]]:
     """Score each usable encoder; dims must match, everything else adds or explains.

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
 from fastapi import APIRouter, Response
 from pydantic import BaseModel
 from pydantic_core import to_json
@@ -27,16 +30,23 @@ class RecommendationPublic(Recommendation):
     encoders: list[EncoderMatch]
 
 
-def recommendation_json(engine: Engine, profile: TaskProfile,
-                        encoders: list[EncoderFacts]) -> bytes:
+# (resolved profile, ranked methods) -> the matching zoo encoders as a JSON list.
+Matcher = Callable[[dict[str, Any], Sequence[tuple[str, int, str]]], bytes]
+
+
+def matcher_over(encoders: list[EncoderFacts]) -> Matcher:
+    """A matcher over a fixed list of encoders (the CLI's local zoo)."""
+    return lambda profile, ranked: to_json(rank_encoders(profile, ranked, encoders))
+
+
+def recommendation_json(engine: Engine, profile: TaskProfile, matches: Matcher) -> bytes:
     """The engine's JSON with the matching zoo encoders appended as `encoders`.
 
-    The body is spliced rather than re-serialised: the engine's bytes are final, and the
-    encoder list is the only part that depends on the zoo.
+    The engine's bytes are final and the encoder list is the only part that depends on the
+    zoo, so the list is appended to them rather than the answer re-serialised.
     """
     ev = engine.evaluate(profile)
-    ranked = to_json(rank_encoders(ev.profile, ev.ranked, encoders))
-    return ev.json[:-1] + b',"encoders":' + ranked + b"}"
+    return ev.with_members(b',"encoders":' + matches(ev.profile, ev.ranked))
 
 
 @router.post("", response_model=RecommendationPublic,
@@ -44,5 +54,5 @@ def recommendation_json(engine: Engine, profile: TaskProfile,
 async def create_recommendation(profile: TaskProfile, engine: EngineDep,
                                 zoo: ZooDep) -> Response:
     """Rank pretext methods, hyperparameters, augmentations, warnings and zoo encoders."""
-    return Response(recommendation_json(engine, profile, zoo.encoders()),
+    return Response(recommendation_json(engine, profile, zoo.matches_json),
                     media_type="application/json")
