@@ -176,7 +176,7 @@ class FinetuneValues(Strict):
     mode: Literal["linear_probe", "full"] | None = None
     epochs: int | None = Field(None, ge=1, le=500)
     lr: float | None = Field(None, gt=0, le=1)
-    encoder_lr_multiplier: float | None = Field(None, ge=0, le=1)
+    encoder_lr_multiplier: float | None = Field(None, gt=0, le=1)
     batch_size: int | None = Field(None, ge=2, le=4096)
     augmentations: list[str] | None = None
 
@@ -291,6 +291,10 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
 
     def read(rel: str) -> Any:
         path = root / rel
+        if not path.is_file():
+            raise KnowledgeError(rel, "file", f"missing from {root}; a knowledge directory "
+                                 "needs every file the packaged rules/ has (copy new ones "
+                                 "from there, e.g. tables/finetune.yaml)")
         digest.update(rel.encode() + path.read_bytes())
         files.append(rel)
         return _read(path)

@@ -183,7 +183,9 @@ def facts_of(resolved: dict[str, Any]) -> dict[str, Any]:
     }
     props = resolved["properties"]
     facts.update(props)
-    facts["paired"] = bool(props.get("paired_modalities"))
+    # Facts are hashable: the engine memoises which rules fire by their values.
+    facts["paired_modalities"] = tuple(props.get("paired_modalities") or ())
+    facts["paired"] = bool(facts["paired_modalities"])
     return facts
 
 

@@ -33,6 +33,11 @@ class InvalidDataset(Invalid):
     code = "invalid_dataset"
 
 
+class DatasetNameTaken(Conflict):
+    code = "invalid_dataset"
+    itemised = True
+
+
 class DatasetPath(BaseModel):
     """Register a file or folder that already lies under the data directory."""
 
@@ -122,7 +127,7 @@ def store(zoo: ZooState, owner: str, name: str, kind: Kind, dataset: Dataset,
             exists = session.scalar(select(func.count()).select_from(DatasetRow).where(
                 DatasetRow.owner == owner, DatasetRow.name == name))
             if exists:
-                raise Conflict("name", f"you already have a dataset named '{name}'")
+                raise DatasetNameTaken("name", f"you already have a dataset named '{name}'")
             row = DatasetRow(name=name, owner=owner, kind=kind, sha256=sha, path=path,
                              size=size, modality=modality, spatial_dims=dataset.spatial_dims,
                              channels=dataset.channels, image_size=dataset.image_size,

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from rules import ProfileConflict
 from zoo.registry import RegistrationConflict, RegistrationError
 
-from .problems import Invalid, Problem
+from .problems import Problem
 
 log = logging.getLogger("taskalign")
 
@@ -51,7 +51,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        if isinstance(exc, Invalid):  # the same shape as a failed request validation
+        if exc.itemised:  # the same shape as a failed request validation
             return JSONResponse(status_code=exc.status, content={"detail": [
                 {"loc": ["body", *exc.field.split(".")], "msg": exc.message,
                  "type": exc.code}]})

@@ -10,6 +10,9 @@ class Problem(ValueError):
 
     status = 422
     code = "invalid"
+    # Itemised: the body is a list of {loc, msg, type} like a failed request validation;
+    # otherwise a plain {"detail": message}.
+    itemised = True
 
     def __init__(self, field: str, message: str, code: str | None = None):
         self.field, self.message = field, message
@@ -27,6 +30,7 @@ class NotFound(Problem):
 
     status = 404
     code = "not_found"
+    itemised = False
 
 
 class Conflict(Problem):
@@ -34,3 +38,4 @@ class Conflict(Problem):
 
     status = 409
     code = "conflict"
+    itemised = False

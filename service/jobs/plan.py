@@ -19,10 +19,12 @@ from sqlalchemy.orm import Session
 
 from rules import Engine, TaskProfile
 from rules.recommendation import AvoidedAugmentation, FinetuneDefaults, Sourced
-from zoo.cards import NAME_PATTERN
+from zoo.cards import NAME_PATTERN, slug
 from zoo.catalog import DatasetRow, RevisionRow
 from zoo.presets import preset_for
 from zoo.registry import Registry
+from zoo.training.augment_names import COLOUR_ONLY
+from zoo.training.augment_names import KNOWN as IMPLEMENTED
 from zoo.training.pretrain_defaults import pretrain_defaults
 
 from ..auth import User
@@ -38,6 +40,8 @@ class InvalidJob(Invalid):
 
 Auto = Literal["auto"]
 T = TypeVar("T")
+# Settings that only full fine-tuning reads; a linear probe would silently ignore them.
+FULL_ONLY = ("encoder_lr_multiplier", "augmentations")
 # Fine-tuning settings a pretrain request may not set (it would silently ignore them).
 # `encoder`, `encoder_revision` and `mode` have always been ignored there and still are.
 FINETUNE_ONLY = ("encoder_lr_multiplier", "augmentations")
@@ -90,7 +94,8 @@ class DatasetFacts(BaseModel):
 
     @property
     def slug(self) -> str:
-        return self.name.lower().replace("_", "-").replace(".", "-")
+        """The name as it may appear in an encoder name (lower case, digits, '-')."""
+        return slug(self.name)
 
 
 class FinetunePlan(BaseModel):
@@ -130,16 +135,21 @@ class PretrainPlan(BaseModel):
     auto: dict[str, Any] = {}
 
 
-LIMITS: dict[str, tuple[float, float]] = {
-    "epochs": (1, 500), "lr": (1e-7, 1.0), "encoder_lr_multiplier": (0.0, 1.0),
-    "batch_size": (2, 4096)}
+# Allowed values of the numeric settings, and how to say so.
+LIMITS: dict[str, tuple[float, float, str]] = {
+    "epochs": (1, 500, "between 1 and 500"),
+    "lr": (1e-7, 1.0, "between 1e-07 and 1"),
+    "encoder_lr_multiplier": (1e-6, 1.0, "above 0 and at most 1 (mode linear_probe keeps "
+                                         "the encoder frozen)"),
+    "batch_size": (2, 4096, "between 2 and 4096"),
+}
 
 
 def check_limits(spec: JobCreate) -> None:
-    for name, (lo, hi) in LIMITS.items():
+    for name, (lo, hi, allowed) in LIMITS.items():
         value = getattr(spec, name)
         if value != "auto" and not lo <= value <= hi:
-            raise InvalidJob(name, f"{name} must be 'auto' or between {lo:g} and {hi:g}")
+            raise InvalidJob(name, f"{name} must be 'auto' or {allowed}")
 
 
 def owned_dataset(session: Session, dataset_id: int, user: User) -> DatasetFacts:
@@ -209,11 +219,18 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
     defaults: FinetuneDefaults = engine.finetune_defaults(profile)
     advice = engine.recommend(profile)
     if spec.augmentations != "auto":
-        check_augmentations(spec.augmentations, advice.augmentations.avoid, engine)
+        check_augmentations(spec.augmentations, advice.augmentations.avoid, engine,
+                            dataset.channels)
     used: dict[str, Any] = {}
     values = {name: _resolve(getattr(spec, name), getattr(defaults, name), name, used)
               for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
                            "augmentations")}
+    if values["mode"] == "linear_probe":
+        given = [f for f in FULL_ONLY if getattr(spec, f) != "auto"]
+        if given:
+            how = "was chosen for these labels" if spec.mode == "auto" else "was asked for"
+            raise InvalidJob(given[0], f"{', '.join(given)} only apply to mode full; "
+                                       f"linear_probe {how} (set mode to full to use them)")
     return FinetunePlan(
         encoder=spec.encoder or "", encoder_revision=str(revision.number),
         dataset_id=dataset.id, label_fraction=spec.label_fraction, seed=spec.seed,
@@ -225,12 +242,22 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
 
 
 def check_augmentations(names: list[str], avoid: list[AvoidedAugmentation],
-                        engine: Engine) -> None:
+                        engine: Engine, channels: int) -> None:
+    """Names from the rules catalog that the training library implements, that fit the
+    images' channels, and that the rules do not advise against for this dataset."""
     known = engine.kb.augmentations
     unknown = [n for n in names if n not in known]
     if unknown:
         raise InvalidJob("augmentations", f"unknown augmentation(s) {unknown}; known: "
-                                       f"{', '.join(sorted(known))}")
+                                          f"{', '.join(sorted(known))}")
+    missing = [n for n in names if n not in IMPLEMENTED]
+    if missing:
+        raise InvalidJob("augmentations", f"not implemented for training: {missing}; "
+                                          f"implemented: {', '.join(sorted(IMPLEMENTED))}")
+    colour = [n for n in names if n in COLOUR_ONLY and channels != 3]
+    if colour:
+        raise InvalidJob("augmentations", f"{colour} need RGB images; the dataset has "
+                                          f"{channels} channel(s)")
     advised_against = {a.name: a.rule for a in avoid}
     clash = [f"{n} (rule {advised_against[n]})" for n in names if n in advised_against]
     if clash:

@@ -7,6 +7,7 @@ count proves the claim, so no job ever runs twice at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -41,14 +42,19 @@ def event(session: Session, job_id: int, kind: str, data: dict[str, Any]) -> Non
 
 
 def submit(sessions: sessionmaker[Session], owner: str, kind: str, request: dict[str, Any],
-           params: dict[str, Any], idempotency_key: str | None) -> tuple[JobRow, bool]:
-    """Insert a queued job; with a known idempotency key return the existing one."""
+           params: dict[str, Any], idempotency_key: str | None,
+           normalise: Callable[[dict[str, Any]], dict[str, Any]] = dict
+           ) -> tuple[JobRow, bool]:
+    """Insert a queued job; with a known idempotency key return the existing one.
+
+    `normalise` brings a stored request to today's shape (fields added since default), so
+    that a retry across an upgrade is still recognised as the same request."""
     with sessions.begin() as session:
         if idempotency_key:
             existing = session.scalars(select(JobRow).where(
                 JobRow.owner == owner, JobRow.idempotency_key == idempotency_key)).first()
             if existing is not None:
-                if existing.request != request:
+                if normalise(existing.request) != request:
                     raise JobConflict("this Idempotency-Key was used for a different request")
                 return existing, False
         now = utcnow()

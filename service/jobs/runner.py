@@ -18,7 +18,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from zoo.cards import StoredCard
+from zoo.cards import StoredCard, slug
 from zoo.catalog import DatasetRow
 from zoo.datasets.readers import Dataset, load_folder, load_npz
 from zoo.storage import BlobStore
@@ -103,7 +103,7 @@ def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetR
                    metrics: dict[str, float]) -> dict[str, Any]:
     """The new encoder's card: the parent's facts, this job's lineage and test scores."""
     arch, _, _ = parent.name.partition(".")
-    name = f"{arch}.ft-job{job_id}-{dataset_row.name.lower().replace('_', '-')}"[:96]
+    name = f"{arch}.ft-job{job_id}-{slug(dataset_row.name)}"[:96].rstrip("-")
     card = parent.model_dump(include={"architecture", "spatial_dims", "in_channels",
                                       "input_size", "normalization", "pretext",
                                       "pretraining_data", "weights_licence"})

@@ -120,7 +120,13 @@ def resolve_file(zoo: ZooState, name: str, revision: str | None,
     return rev, entry
 
 
-@router.api_route("/{name}/files/{filename}", methods=["GET", "HEAD"])
+FILE = "/{name}/files/{filename}"
+
+
+@router.get(FILE, response_class=Response, responses={200: {
+    "description": "The file's bytes (Range, ETag = sha256, X-Taskalign-Revision)",
+    "content": {"application/octet-stream": {}}}, 404: {"description": "Unknown file"}})
+@router.head(FILE, include_in_schema=False)  # clients check size and ETag first
 def download_file(name: str, filename: str, request: Request, zoo: ZooDep,
                   revision: str | None = Query(None, description="Number or commit; "
                                                "default the latest.")) -> Response:

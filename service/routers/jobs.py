@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_serializer
 
 from ..auth import UserDep
 from ..deps import EngineDep, SettingsDep, ZooDep
@@ -59,6 +59,11 @@ class JobEventPublic(BaseModel):
     type: str
     data: dict[str, Any]
     created_at: datetime
+
+    @field_serializer("created_at")
+    def _iso(self, value: datetime) -> str:
+        # Python's isoformat (+00:00), as events have always been written.
+        return value.isoformat()
 
 
 @router.post("", status_code=202, response_model=JobPublic)

@@ -85,7 +85,9 @@ def all_rules(engine: Engine) -> list[RulePublic]:
         for family, row in table.cells.items() for column, cell in row.items()
     ]
     items += [RulePublic(file=lr.file, **dict(lr.rule)) for lr in engine.kb.rules]
-    items += [RulePublic(file=FINETUNE_FILE, **dict(lf.entry)) for lf in engine.kb.finetune]
+    # Fine-tuning defaults change no ranking: `effects` is empty, `set` holds the values.
+    items += [RulePublic(file=FINETUNE_FILE, effects=[], **dict(lf.entry))
+              for lf in engine.kb.finetune]
     return items
 
 

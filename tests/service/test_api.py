@@ -186,7 +186,7 @@ async def test_rules_include_finetune_defaults(client: httpx.AsyncClient) -> Non
     assert body["count"] == len(entries) >= 1
     assert [e["id"] for e in body["data"]] == [e.id for e in entries]
     for got, entry in zip(body["data"], entries, strict=True):
-        assert got["file"] == "tables/finetune.yaml" and "effects" not in got
+        assert got["file"] == "tables/finetune.yaml" and got["effects"] == []
         assert got["when"] == entry.when  # null: always applies (the first entry)
         assert got["set"] == entry.set.model_dump(exclude_none=True)
         assert got["rationale"] == entry.rationale and got["refs"] == entry.refs

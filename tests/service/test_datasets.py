@@ -165,6 +165,8 @@ async def test_owners_see_their_own(api) -> None:  # noqa: ANN001
     dup = await client.post("/v1/datasets", headers=auth(ALICE),
                             files={"file": ("b.npz", data)}, data={"name": "mine"})
     assert dup.status_code == 409
+    assert dup.json()["detail"] == [{"loc": ["body", "name"], "type": "invalid_dataset",
+                                     "msg": "you already have a dataset named 'mine'"}]
     other = await client.post("/v1/datasets", headers=auth(BOB),
                               files={"file": ("b.npz", data)}, data={"name": "mine"})
     assert other.status_code == 201

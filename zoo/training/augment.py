@@ -17,14 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import rng
-
-KNOWN = {
-    "random_resized_crop", "horizontal_flip", "vertical_flip", "rotation_90", "rotation_free",
-    "small_rotation", "color_jitter", "random_grayscale", "stain_jitter", "gaussian_blur",
-    "gaussian_noise", "rician_noise", "speckle_noise", "poisson_noise", "intensity_shift",
-    "gamma", "solarize", "random_erasing",
-}
-COLOUR_ONLY = {"color_jitter", "random_grayscale", "stain_jitter"}
+from .augment_names import COLOUR_ONLY, KNOWN
 
 
 @dataclass

@@ -17,6 +17,7 @@ from service.jobs.plan import (
     InvalidJob,
     JobCreate,
     PretrainPlan,
+    check_limits,
     plan_finetune,
     plan_pretrain,
 )
@@ -92,3 +93,26 @@ def test_pretrain_plan_uses_named_presets_and_rules() -> None:
     assert "rotation_90" not in plan.auto["augmentations"]
     with pytest.raises(InvalidJob, match="supports 3d"):
         plan_pretrain(JobCreate(type="pretrain", dataset_id=1, method="rubiks_cube"), breast())
+
+
+@pytest.mark.parametrize(("request_", "field", "message"), [
+    ({"label_fraction": 0.01, "augmentations": ["gaussian_noise"]}, "augmentations",
+     "linear_probe was chosen for these labels"),
+    ({"mode": "linear_probe", "encoder_lr_multiplier": 0.5}, "encoder_lr_multiplier",
+     "only apply to mode full"),
+    ({"augmentations": ["elastic_deformation"]}, "augmentations", "not implemented"),
+    ({"augmentations": ["color_jitter"]}, "augmentations", "need RGB images"),
+])
+def test_settings_a_job_would_ignore_are_refused(request_: dict[str, Any], field: str,
+                                                 message: str) -> None:
+    with pytest.raises(InvalidJob) as info:
+        finetune(request_)
+    assert info.value.field == field and message in info.value.message
+
+
+def test_a_zero_encoder_learning_rate_is_refused() -> None:
+    with pytest.raises(InvalidJob, match="linear_probe keeps the encoder frozen"):
+        check_limits(JobCreate(type="finetune", dataset_id=1, encoder_lr_multiplier=0))
+    check_limits(JobCreate(type="pretrain", dataset_id=1, epochs=500, lr=1e-3))
+    with pytest.raises(InvalidJob, match="epochs must be 'auto' or between 1 and 500"):
+        check_limits(JobCreate(type="pretrain", dataset_id=1, epochs=10**9))

@@ -1,0 +1,34 @@
+"""The card a fine-tune job registers: a valid encoder name whatever the dataset is
+called, the parent's facts, and the job's lineage and test scores."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from service.jobs.plan import FinetunePlan
+from service.jobs.runner import finetuned_card
+from zoo.cards import EncoderCard, StoredCard
+from zoo.catalog import DatasetRow
+
+SEED = Path(__file__).resolve().parents[3] / "zoo" / "seed"
+
+
+@pytest.mark.parametrize("dataset_name", ["breastmnist", "breast.v2", "Breast_MNIST-"])
+def test_finetuned_card_is_a_valid_card(dataset_name: str) -> None:
+    raw = json.loads((SEED / "resnet18-2d.simclr-pneumoniamnist" / "card.json").read_text())
+    parent = StoredCard(**raw, revision=1, created_at=datetime.now(UTC), feature_dim=128,
+                        onnx_parity_max_abs_diff=0.0, files={})
+    plan = FinetunePlan(encoder=parent.name, encoder_revision="1", dataset_id=4, mode="full",
+                        label_fraction=0.1, seed=0, epochs=2, lr=1e-3, batch_size=32,
+                        device="cpu")
+    row = DatasetRow(id=4, name=dataset_name, modality="ultrasound")
+    card = EncoderCard.model_validate(
+        finetuned_card(parent, plan, row, 7, {"auc": 0.81234, "acc": 0.7}))
+    assert card.name.startswith("resnet18-2d.ft-job7-")
+    assert card.lineage["job_id"] == 7 and card.lineage["params"]["epochs"] == 2
+    assert [(e.protocol, e.metric, e.value) for e in card.evaluation] == [
+        ("fine_tune", "AUC", 0.8123), ("fine_tune", "ACC", 0.7)]
