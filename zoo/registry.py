@@ -47,20 +47,32 @@ def _detail(err: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
 
 
+PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+
+
 def check_safetensors(data: bytes) -> None:
-    """Refuse pickles and anything that is not a safetensors file, by content."""
-    if data[:2] == b"PK" or data[:1] == b"\x80":
+    """Refuse pickles and anything that is not a safetensors file, by content.
+
+    A safetensors file is an 8-byte little-endian header length N and N bytes of JSON
+    object; that structure is checked first, so a valid file is never mistaken for a
+    pickle whatever its length bytes are (a header of 128 + 256k bytes starts with 0x80,
+    like a pickle). Only a file that is not safetensors is then named as a pickle or zip
+    checkpoint, to say what to do instead."""
+    header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
+    if 2 <= header_len <= min(len(data) - 8, 100_000_000) and data[8:9] == b"{":
+        try:
+            header = json.loads(data[8:8 + header_len])
+        except ValueError:
+            header = None
+        if isinstance(header, dict):
+            return
+    if data.startswith(PICKLE_SIGNATURES):
         raise RegistrationError("weights", "pickle-based checkpoints (torch.save, .pt/.pth/.bin) "
                                 "are refused; save with safetensors.torch.save_file")
     if len(data) < 8:
         raise RegistrationError("weights", "not a safetensors file (too short)")
-    header_len = int.from_bytes(data[:8], "little")
-    if header_len <= 0 or header_len > min(len(data) - 8, 100_000_000):
-        raise RegistrationError("weights", "not a safetensors file (bad header length)")
-    try:
-        json.loads(data[8:8 + header_len])
-    except ValueError:
-        raise RegistrationError("weights", "not a safetensors file (header is not JSON)") from None
+    raise RegistrationError("weights", "not a safetensors file (an 8-byte header length "
+                            "followed by a JSON header was expected)")
 
 
 @dataclass
