@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
+import re
 import secrets
 from dataclasses import dataclass
 from typing import Annotated
@@ -30,16 +31,35 @@ class User:
         return self.admin or owner == self.name
 
 
+MIN_TOKEN_LENGTH = 16
+ADMIN = "admin"  # the owner name of rows an admin token creates; no user may take it
+USER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+
+
 def load_tokens(settings: Settings) -> dict[str, User]:
+    """Token -> user from the settings; refuses short tokens, the reserved name `admin`,
+    and one token given to two identities."""
     tokens: dict[str, User] = {}
+
+    def add(token: str, user: User, where: str) -> None:
+        if len(token) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"{where}: tokens need at least {MIN_TOKEN_LENGTH} characters")
+        if token in tokens and tokens[token] != user:
+            raise ValueError(f"{where}: one token is given to both {tokens[token].name} and "
+                             f"{user.name}")
+        tokens[token] = user
+
     for pair in filter(None, (p.strip() for p in settings.api_tokens.split(","))):
-        user, sep, token = pair.partition("=")
-        if not sep or not user or len(token) < 16:
-            raise ValueError("TASKALIGN_API_TOKENS entries must be user=token with tokens of "
-                             "at least 16 characters")
-        tokens[token] = User(name=user, admin=False)
+        name, sep, token = pair.partition("=")
+        if not sep or not USER_NAME.match(name):
+            raise ValueError("TASKALIGN_API_TOKENS entries must be user=token, user names in "
+                             "lower case letters, digits, '.', '_' and '-'")
+        if name == ADMIN:
+            raise ValueError("TASKALIGN_API_TOKENS: the user name 'admin' is reserved for "
+                             "admin tokens (TASKALIGN_ADMIN_TOKENS)")
+        add(token, User(name=name, admin=False), "TASKALIGN_API_TOKENS")
     for token in filter(None, (t.strip() for t in settings.admin_tokens.split(","))):
-        tokens[token] = User(name="admin", admin=True)
+        add(token, User(name=ADMIN, admin=True), "TASKALIGN_ADMIN_TOKENS")
     if not tokens:
         path = settings.home / "admin.token"
         if not path.exists():
@@ -48,7 +68,7 @@ def load_tokens(settings: Settings) -> dict[str, User]:
             with os.fdopen(fd, "w") as fh:
                 fh.write(secrets.token_urlsafe(32))
             log.warning("no tokens configured: wrote an admin token to %s", path)
-        tokens[path.read_text().strip()] = User(name="admin", admin=True)
+        tokens[path.read_text().strip()] = User(name=ADMIN, admin=True)
     return tokens
 
 
