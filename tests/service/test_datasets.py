@@ -176,3 +176,70 @@ async def test_owners_see_their_own(api) -> None:  # noqa: ANN001
     assert (await client.get(f"/v1/datasets/{a.json()['id']}",
                              headers=auth(ADMIN))).status_code == 200
     assert (await client.get("/v1/datasets", headers=auth(ADMIN))).json()["count"] == 2
+
+
+def npz_with_labels(train_labels: np.ndarray, allow_pickle: bool = False) -> bytes:
+    arrays = {f"{s}_images": np.zeros((4, 28, 28), np.uint8) for s in ("train", "val", "test")}
+    arrays.update({f"{s}_labels": np.array([[0], [1], [0], [1]], np.uint8)
+                   for s in ("val", "test")})
+    arrays["train_labels"] = train_labels
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, allow_pickle=allow_pickle)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(("labels", "message"), [
+    (np.array([[0], [1], [np.nan], [1]], np.float32), "NaN or infinite"),
+    (np.array([[0], [1], [np.inf], [1]], np.float64), "NaN or infinite"),
+    (np.array([[0], [1], [0.5], [1]], np.float32), "fractional"),
+    (np.array([[0], [1], [-1], [1]], np.int64), "negative"),
+    (np.array([[0], [1], [np.iinfo(np.int64).min], [1]], np.int64), "negative"),
+    (np.array([[0], [1], [5_000_000], [1]], np.int64), "at most 1000 classes"),
+    (np.array([[0], [1], [2**63 + 5], [1]], np.uint64), "at most 1000 classes"),
+    (np.array([["a"], ["b"], ["a"], ["b"]]), "labels must be integer class indices"),
+    (np.array([[0], [1], [0], [1]], dtype=object), "object and string arrays are refused"),
+])
+async def test_impossible_labels_are_refused_briefly(api, labels: np.ndarray,  # noqa: ANN001
+                                                     message: str) -> None:
+    client, home = api
+    data = npz_with_labels(labels, allow_pickle=labels.dtype == object)
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("l.npz", data)}, data={"name": "labels"})
+    assert r.status_code == 422, r.text
+    assert message in r.text and len(r.content) < 2000
+    assert await rows(client) == 0 and state(home) == set()
+
+
+async def test_float_labels_that_are_whole_numbers_are_accepted(api) -> None:  # noqa: ANN001
+    client, _ = api
+    labels = np.array([[0.0], [1.0], [0.0], [1.0]], np.float32)
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("l.npz", npz_with_labels(labels))},
+                          data={"name": "whole"})
+    assert r.status_code == 201, r.text
+    assert r.json()["summary"]["splits"]["train"]["per_class"] == {"0": 2, "1": 2}
+
+
+@pytest.mark.parametrize(("row", "message"), [
+    (["imgs/0.png", "", "train"], "line 2: empty label"),
+    (["", "normal", "train"], "line 2: empty filename"),
+    (["imgs/0.png", "normal", "training"], "line 2: split 'training'"),
+])
+async def test_bad_labels_csv_rows_are_named(api, row: list[str],  # noqa: ANN001
+                                             message: str) -> None:
+    client, _ = api
+    images, _ = medmnist("pneumoniamnist", split="test", n=4)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, im in enumerate(images):
+            zf.writestr(f"imgs/{i}.png", png_bytes(im))
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(["filename", "label", "split"])
+        writer.writerow(row)
+        for i in range(1, 4):
+            writer.writerow([f"imgs/{i}.png", ["normal", "pneumonia"][i % 2], "train"])
+        zf.writestr("labels.csv", out.getvalue())
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("x.zip", buf.getvalue())}, data={"name": "csv"})
+    assert r.status_code == 422 and message in r.text, r.text

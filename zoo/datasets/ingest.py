@@ -42,8 +42,10 @@ def check(ds: Dataset) -> None:
     train_classes = set(torch.unique(ds.splits["train"].labels).tolist())
     missing = sorted(set(range(k)) - train_classes)
     if missing:
+        shown = ", ".join(map(str, missing[:10])) + (f" and {len(missing) - 10} more"
+                                                      if len(missing) > 10 else "")
         raise DataError(f"labels must be 0..{k - 1} with every class in train; train lacks "
-                        f"classes {missing}")
+                        f"classes {shown}")
     for s in SPLITS:
         if len(ds.splits[s]) == 0 and s != "val":
             raise DataError(f"the {s} split is empty")

@@ -110,6 +110,37 @@ def fetch(name: str, data_dir: Path, timeout: float = 30.0) -> Path:
             os.unlink(tmp)
 
 
+MAX_CLASSES = 1000
+
+
+def _array(data: Any, key: str) -> np.ndarray:
+    try:
+        return data[key]
+    except ValueError as err:  # object arrays need pickle, which is never allowed
+        raise DataError(f"{key}: {err} (object and string arrays are refused)") from None
+
+
+def class_indices(labels: np.ndarray, what: str) -> np.ndarray:
+    """Labels as int64 class indices in [0, MAX_CLASSES): integers, or floats that are
+    finite whole numbers; anything else is refused with what was found."""
+    if labels.dtype == np.bool_:
+        return labels.astype(np.int64)
+    if np.issubdtype(labels.dtype, np.floating):
+        if not np.isfinite(labels).all():
+            raise DataError(f"{what} contains NaN or infinite values")
+        if (labels != np.round(labels)).any():
+            raise DataError(f"{what} contains fractional values; labels are class indices")
+    elif not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{what} has dtype {labels.dtype}; labels must be integer class "
+                        "indices")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{what} has negative values; labels are class indices from 0")
+    if labels.size and labels.max() >= MAX_CLASSES:
+        raise DataError(f"{what} has the label {labels.max():.0f}; at most {MAX_CLASSES} "
+                        "classes (0..999) are supported")
+    return labels.astype(np.int64)
+
+
 def _to_nchw(images: np.ndarray, dims: int) -> np.ndarray:
     if images.ndim == dims + 1:  # (N, *spatial): one channel
         return images[:, None]
@@ -139,7 +170,7 @@ def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = Non
                                 first.ndim - 1 if first.ndim == 3 else 2)
         splits = {}
         for s in SPLITS:
-            images, labels = data[f"{s}_images"], data[f"{s}_labels"]
+            images, labels = _array(data, f"{s}_images"), _array(data, f"{s}_labels")
             if images.dtype != np.uint8:
                 raise DataError(f"{s}_images has dtype {images.dtype}; expected uint8")
             labels = labels.reshape(len(labels), -1)
@@ -148,13 +179,14 @@ def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = Non
                                 "not supported yet")
             if len(labels) != len(images):
                 raise DataError(f"{s}: {len(images)} images but {len(labels)} labels")
-            if labels.min(initial=0) < 0:
-                raise DataError(f"{s}_labels has negative values")
             splits[s] = Split(torch.from_numpy(np.ascontiguousarray(_to_nchw(images, dims))),
-                              torch.from_numpy(labels[:, 0].astype(np.int64)))
+                              torch.from_numpy(class_indices(labels[:, 0], f"{s}_labels")))
         groups_key = "train_groups"
         if groups_key in data.files:
-            splits["train"].groups = torch.from_numpy(data[groups_key].astype(np.int64))
+            groups = _array(data, groups_key)
+            if not np.issubdtype(groups.dtype, np.integer):
+                raise DataError(f"{groups_key} has dtype {groups.dtype}; expected integers")
+            splits["train"].groups = torch.from_numpy(groups.astype(np.int64))
     shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
     if len(shapes) != 1:
         raise DataError(f"splits disagree on image shape: {sorted(shapes)}")
@@ -190,6 +222,18 @@ def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: floa
         rows = list(csv.DictReader(fh))
     if not rows or not {"filename", "label"} <= set(rows[0]):
         raise DataError(f"{labels_csv.name} needs the columns filename,label")
+    for line, r in enumerate(rows, start=2):  # line 1 is the header
+        for column in ("filename", "label"):
+            if not (r.get(column) or "").strip():
+                raise DataError(f"{labels_csv.name} line {line}: empty {column}")
+        if r.get("split") and r["split"] not in SPLITS:
+            raise DataError(f"{labels_csv.name} line {line}: split '{r['split']}' is not "
+                            f"one of {', '.join(SPLITS)}")
+        if r.get("group") and not r["group"].lstrip("-").isdigit():
+            raise DataError(f"{labels_csv.name} line {line}: group '{r['group']}' is not an "
+                            "integer patient id")
+    if len({r["label"] for r in rows}) > MAX_CLASSES:
+        raise DataError(f"{labels_csv.name} has more than {MAX_CLASSES} distinct labels")
     classes = sorted({r["label"] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
     rng = np.random.default_rng(seed)
