@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..auth import User
@@ -48,7 +49,20 @@ def submit(sessions: sessionmaker[Session], owner: str, kind: str, request: dict
     """Insert a queued job; with a known idempotency key return the existing one.
 
     `normalise` brings a stored request to today's shape (fields added since default), so
-    that a retry across an upgrade is still recognised as the same request."""
+    that a retry across an upgrade is still recognised as the same request. Concurrent
+    submissions with one key race to insert; the unique (owner, key) constraint lets one
+    win, and the others answer with the winner's job."""
+    try:
+        return _insert(sessions, owner, kind, request, params, idempotency_key, normalise)
+    except IntegrityError:
+        if not idempotency_key:
+            raise
+        return _insert(sessions, owner, kind, request, params, idempotency_key, normalise)
+
+
+def _insert(sessions: sessionmaker[Session], owner: str, kind: str, request: dict[str, Any],
+            params: dict[str, Any], idempotency_key: str | None,
+            normalise: Callable[[dict[str, Any]], dict[str, Any]]) -> tuple[JobRow, bool]:
     with sessions.begin() as session:
         if idempotency_key:
             existing = session.scalars(select(JobRow).where(
