@@ -15,19 +15,26 @@ class BodyTooLarge(Exception):
     pass
 
 
+def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    return len(pattern) == len(path) and all(p in ("*", s) for p, s in zip(pattern, path,
+                                                                             strict=True))
+
+
 class BodySizeLimit:
-    """`max_bytes` for every route, except POST paths matched by a prefix in `overrides`
-    (uploads), which get their own limit."""
+    """`max_bytes` for every route, except the routes named in `overrides` (method, path
+    with `*` for one segment, limit), which get their own. Paths match whole, so
+    /v1/encoders (an upload) says nothing about /v1/encoders/NAME/embed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int,
                  overrides: list[tuple[str, str, int]] | None = None):
         self.app, self.default = app, max_bytes
-        self.overrides = overrides or []
+        self.overrides = [(m, tuple(p.strip("/").split("/")), limit)
+                          for m, p, limit in overrides or []]
 
     def limit_for(self, method: str, path: str) -> int:
-        for m, prefix_suffix, limit in self.overrides:
-            prefix, _, suffix = prefix_suffix.partition("*")
-            if method == m and path.startswith(prefix) and path.endswith(suffix):
+        parts = tuple(path.strip("/").split("/"))
+        for m, pattern, limit in self.overrides:
+            if method == m and _matches(pattern, parts):
                 return limit
         return self.default
 

@@ -3,11 +3,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from pathlib import Path
 
 import httpx
 import pytest
 
 from service.config import Settings
+from service.limits import BodySizeLimit
 from service.main import create_app
 
 pytestmark = pytest.mark.anyio
@@ -226,3 +228,31 @@ async def test_openapi_names_response_models(client: httpx.AsyncClient) -> None:
     assert schema("/healthz") == schema("/healthz", "503") == "Health"
     assert schema("/hf/api/models/{repo_id}") == "HfModelInfo"
     assert schema("/hf/api/models/{repo_id}", "404") == "HfError"
+
+
+@pytest.mark.parametrize(("method", "path", "limit"), [
+    ("POST", "/v1/encoders", 200_000),                 # uploads
+    ("POST", "/v1/datasets", 200_000),
+    ("POST", "/v1/encoders/resnet18-2d.x/embed", 50_000),  # the most specific route wins
+    ("POST", "/v1/recommendations", 4096),             # everything else
+    ("POST", "/v1/encoders/resnet18-2d.x/other", 4096),
+])
+def test_each_route_gets_its_own_body_limit(method: str, path: str, limit: int) -> None:
+    async def app(scope: dict, receive: object, send: object) -> None:  # never reached
+        raise AssertionError
+
+    limits = BodySizeLimit(app, 4096, overrides=[
+        ("POST", "/v1/encoders", 200_000), ("POST", "/v1/datasets", 200_000),
+        ("POST", "/v1/encoders/*/embed", 50_000)])
+    assert limits.limit_for(method, path) == limit
+
+
+async def test_embed_body_over_its_limit_gets_413(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path, data_dir=None, seed_zoo=False, worker=False,
+                        max_embed_bytes=4096, max_upload_bytes=1 << 20)
+    app = create_app(settings)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as c:
+        r = await c.post("/v1/encoders/resnet18-2d.nope/embed",
+                         files={"images": ("a.npy", b"\0" * 8192)})
+    assert r.status_code == 413 and r.json()["limit_bytes"] == 4096
