@@ -19,10 +19,32 @@ class ImageError(ValueError):
         super().__init__(f"{image}: {problem}")
 
 
+def _npy_shape(data: bytes) -> tuple[int, ...] | None:
+    """The array shape an .npy header declares, read without loading the array."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                else np.lib.format.read_array_header_2_0)
+        shape, _, _ = read(buf)
+    except Exception:  # anything unreadable is reported by np.load below
+        return None
+    return tuple(shape)
+
+
 def decode(name: str, data: bytes, card: StoredCard) -> np.ndarray:
-    """Return a float32 array (C, *input_size) normalised as the card says."""
+    """Return a float32 array (C, *input_size) normalised as the card says.
+
+    The size an image declares is checked before its pixels are decoded, so a small file
+    that claims a huge image (a decompression bomb) costs nothing."""
     lower = name.lower()
+    expected = card.in_channels * int(np.prod(card.input_size))
     if lower.endswith(".npy"):
+        shape = _npy_shape(data)
+        if shape is not None and int(np.prod(shape, dtype=np.int64)) > expected:
+            raise ImageError(name, f"declares shape {shape}; {card.name} expects "
+                                   f"{'x'.join(map(str, card.input_size))} with "
+                                   f"{card.in_channels} channel(s)")
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as err:
@@ -33,11 +55,23 @@ def decode(name: str, data: bytes, card: StoredCard) -> np.ndarray:
     elif lower.endswith(".png"):
         from PIL import Image, UnidentifiedImageError
 
+        size = tuple(card.input_size)
         try:
             with Image.open(io.BytesIO(data)) as img:
+                if card.spatial_dims != 2:
+                    raise ImageError(name, f"{card.name} is a {card.spatial_dims}D encoder; "
+                                           "send volumes as .npy")
+                if img.size[::-1] != size:
+                    raise ImageError(name, f"is {img.size[0]}x{img.size[1]} pixels; "
+                                           f"{card.name} expects "
+                                           f"{'x'.join(map(str, size[::-1]))} "
+                                           "(resize before sending)")
                 img.load()
                 mode = "L" if card.in_channels == 1 else "RGB"
                 arr = np.asarray(img.convert(mode))
+        except Image.DecompressionBombError:
+            raise ImageError(name, f"declares an image far too large; {card.name} expects "
+                                   f"{'x'.join(map(str, size[::-1]))}") from None
         except (UnidentifiedImageError, OSError):
             raise ImageError(name, "not a readable PNG image") from None
         if arr.ndim == 3:

@@ -174,6 +174,19 @@ async def upload_encoder(
     return stored
 
 
+def decode_all(files: list[tuple[str, bytes]], card: StoredCard
+               ) -> tuple[list[np.ndarray], list[dict[str, object]]]:
+    """Every image decoded, or every problem named (all of them, not just the first)."""
+    arrays, problems = [], []
+    for i, (name, data) in enumerate(files):
+        try:
+            arrays.append(decode(name, data, card))
+        except ImageError as err:
+            problems.append({"loc": ["body", "images", i], "image": err.image,
+                             "msg": err.problem, "type": "bad_image"})
+    return arrays, problems
+
+
 @router.post("/{name}/embed", response_model=EmbedResponse)
 async def embed_images(
     name: str,
@@ -186,20 +199,16 @@ async def embed_images(
         raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
     rev, entry = resolve_file(zoo, name, revision, ONNX)
     card = StoredCard.model_validate(rev.card)
-    arrays, names, problems = [], [], []
-    for i, upload in enumerate(images):
-        label = upload.filename or f"image[{i}]"
-        try:
-            arrays.append(decode(label, await upload.read(), card))
-            names.append(label)
-        except ImageError as err:
-            problems.append({"loc": ["body", "images", i], "image": err.image,
-                             "msg": err.problem, "type": "bad_image"})
+    files = [(upload.filename or f"image[{i}]", await upload.read())
+             for i, upload in enumerate(images)]
+    # Decoding is CPU work: off the event loop, so other requests keep being served.
+    arrays, problems = await run_in_threadpool(decode_all, files, card)
     if problems:
         raise HTTPException(422, detail=problems)
+    image_names = [image for image, _ in files]
     session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
     features = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
     return EmbedResponse(name=name, revision=rev.number, feature_dim=int(features.shape[1]),
                          data=[ImageFeatures(image=n, features=f.tolist())
-                               for n, f in zip(names, features, strict=True)],
-                         count=len(names))
+                               for n, f in zip(image_names, features, strict=True)],
+                         count=len(image_names))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,31 @@ def test_embed_bad_images_named(zoo_server: dict[str, Any]) -> None:
     assert set(problems) == {"big.npy", "broken.png", "pickled.npy", "scan.dcm"}
     assert "expects 28x28" in problems["big.npy"]
     assert "pickled" in problems["pickled.npy"]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header declares a huge image (a decompression bomb's shape)."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (len(body).to_bytes(4, "big") + kind + body
+                + zlib.crc32(kind + body).to_bytes(4, "big"))
+
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    pixels = zlib.compress(b"\0" * 1024)  # far fewer than declared: never decoded
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels)
+            + chunk(b"IEND", b""))
+
+
+def test_embed_refuses_huge_images_before_decoding(zoo_server: dict[str, Any]) -> None:
+    files = [("images", ("bomb.png", png_claiming(20_000, 20_000), "image/png")),
+             ("images", ("big.png", png_claiming(9_000, 9_000), "image/png")),
+             ("images", ("huge.npy", npy_bytes(np.zeros((3000, 3000), np.uint8)), "x"))]
+    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=files)
+    assert r.status_code == 422, r.text
+    problems = {p["image"]: p["msg"] for p in r.json()["detail"]}
+    assert "declares an image far too large" in problems["bomb.png"]
+    assert "is 9000x9000 pixels" in problems["big.png"]
+    assert "declares shape (3000, 3000)" in problems["huge.npy"]
+    assert httpx.get(f"{zoo_server['url']}/healthz").status_code == 200
 
 
 def test_recommendation_lists_matching_encoders(zoo_server: dict[str, Any]) -> None:
