@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from .config import Settings
 
@@ -72,10 +73,17 @@ def load_tokens(settings: Settings) -> dict[str, User]:
     return tokens
 
 
-async def current_user(request: Request) -> User:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+# Declares bearer security in OpenAPI; the check (and its 401 wording) is ours.
+bearer = HTTPBearer(auto_error=False, description="A token from TASKALIGN_API_TOKENS or "
+                    "TASKALIGN_ADMIN_TOKENS (or $TASKALIGN_HOME/admin.token).")
+
+
+async def current_user(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User:
+    token = credentials.credentials if credentials else ""
+    if not token:
         raise HTTPException(401, "this endpoint needs a token: send 'Authorization: Bearer "
                                  "<token>'", headers={"WWW-Authenticate": "Bearer"})
     for known, user in request.app.state.tokens.items():

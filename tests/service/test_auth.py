@@ -54,3 +54,16 @@ async def test_wrong_or_missing_token_is_401(tmp_path: Path) -> None:
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_openapi_declares_bearer_security_on_write_routes(tmp_path: Path) -> None:
+    app = create_app(settings(tmp_path, api_tokens=f"alice={'a' * 16}"))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        spec = (await client.get("/openapi.json")).json()
+        lower = await client.get("/v1/jobs", headers={"Authorization": f"bearer {'a' * 16}"})
+    assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    assert spec["paths"]["/v1/jobs"]["post"]["security"] == [{"HTTPBearer": []}]
+    assert "security" not in spec["paths"]["/v1/recommendations"]["post"]
+    assert lower.status_code == 200  # the scheme name is case-insensitive
