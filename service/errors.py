@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
@@ -33,7 +34,9 @@ def _clean(error: dict[str, Any]) -> dict[str, Any]:
             out[key] = ctx[key]
     if "input" in error and error.get("type") != "json_invalid":
         value = error["input"]
-        if isinstance(value, str | int | float | bool) or value is None:
+        if isinstance(value, float) and not math.isfinite(value):
+            out["input"] = str(value)  # JSON has no NaN or Infinity
+        elif isinstance(value, str | int | float | bool) or value is None:
             out["input"] = value
     return out
 

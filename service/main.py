@@ -20,6 +20,7 @@ from .db import make_engine, ping, session_factory
 from .limits import BodySizeLimit
 from .migrate import upgrade
 from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
+from .url_guard import RejectNulInUrl
 from .zoo_state import ZooState
 
 log = logging.getLogger("taskalign")
@@ -94,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(v1)
     app.include_router(hf.router)
     # Added last = outermost: the size limit runs before anything reads the body.
+    app.add_middleware(RejectNulInUrl)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
         ("POST", "/v1/encoders", settings.max_upload_bytes),
         ("POST", "/v1/datasets", settings.max_upload_bytes),

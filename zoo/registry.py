@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from .cards import EncoderCard, FileEntry, StoredCard, declared_part, now
 from .catalog import EncoderRow, FileRow, RevisionRow
 from .storage import BlobStore
 
+COMMIT = re.compile(r"^[0-9a-f]{40}$")
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
 CONFIG = "config.json"
@@ -313,10 +315,14 @@ class Registry:
             rev = str(revision) if revision is not None else "main"
             if rev == "main":
                 query = query.order_by(RevisionRow.number.desc())
-            elif rev.isdigit():
+            elif rev.isascii() and rev.isdigit():
+                if int(rev) > 2**31 - 1:  # no such revision; the column is 32-bit
+                    return None
                 query = query.where(RevisionRow.number == int(rev))
-            else:
+            elif COMMIT.match(rev):
                 query = query.where(RevisionRow.commit == rev)
+            else:
+                return None
             return session.scalars(query.limit(1)).first()
 
     def names(self) -> list[str]:

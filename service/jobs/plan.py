@@ -50,10 +50,10 @@ FINETUNE_ONLY = ("encoder_lr_multiplier", "augmentations")
 class JobCreate(BaseModel):
     """A job request; every field left at "auto" is resolved by the planner."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     type: JobType
-    dataset_id: int
+    dataset_id: int = Field(ge=0, le=2**31 - 1)
     encoder: str | None = Field(None, description="Zoo encoder to fine-tune (finetune).")
     encoder_revision: str | None = None
     mode: Literal["auto", "linear_probe", "full"] = "auto"

@@ -14,7 +14,7 @@ from .. import datasets
 from ..auth import UserDep
 from ..datasets import NAME, DatasetPath, DatasetPublic, InvalidDataset
 from ..deps import SettingsDep, ZooDep
-from ..pagination import Limit, Offset, Page
+from ..pagination import Limit, Offset, Page, RowId
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -72,6 +72,6 @@ async def list_datasets(user: UserDep, zoo: ZooDep, limit: Limit = 100,
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic)
-async def get_dataset(dataset_id: int, user: UserDep, zoo: ZooDep) -> DatasetPublic:
+async def get_dataset(dataset_id: RowId, user: UserDep, zoo: ZooDep) -> DatasetPublic:
     """Counts per split and class, image size, channels, dims."""
     return await run_in_threadpool(datasets.owned, zoo, dataset_id, user)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter, Header, Query, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, field_serializer
@@ -18,7 +18,7 @@ from ..deps import EngineDep, SettingsDep, ZooDep
 from ..jobs import queue, submission
 from ..jobs.models import TERMINAL, JobEventRow, JobRow
 from ..jobs.plan import JobCreate
-from ..pagination import Limit, Offset, Page
+from ..pagination import After, Limit, Offset, Page, RowId
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -84,7 +84,7 @@ async def list_jobs(user: UserDep, zoo: ZooDep, status: Status | None = None,
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-async def get_job(job_id: int, user: UserDep, zoo: ZooDep) -> JobPublic:
+async def get_job(job_id: RowId, user: UserDep, zoo: ZooDep) -> JobPublic:
     """Status, progress (epoch, totals, ETA), latest metrics, error, result."""
     job = await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
     return JobPublic.from_row(job)
@@ -97,8 +97,8 @@ def _sse(event: JobEventRow) -> str:
 
 @router.get("/{job_id}/events", response_model=Page[JobEventPublic],
             responses={200: {"content": {"text/event-stream": {}}}})
-async def job_events(job_id: int, request: Request, user: UserDep, zoo: ZooDep,
-                     after: int = Query(0, ge=0), limit: Limit = 100
+async def job_events(job_id: RowId, request: Request, user: UserDep, zoo: ZooDep,
+                     after: After = 0, limit: Limit = 100
                      ) -> Page[JobEventPublic] | StreamingResponse:
     """Typed events (status, metrics, log): JSON pages, or a server-sent event stream when
     the client accepts text/event-stream."""
@@ -129,7 +129,7 @@ async def job_events(job_id: int, request: Request, user: UserDep, zoo: ZooDep,
 
 
 @router.post("/{job_id}/cancel", response_model=JobPublic)
-async def cancel_job(job_id: int, user: UserDep, zoo: ZooDep) -> JobPublic:
+async def cancel_job(job_id: RowId, user: UserDep, zoo: ZooDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped within seconds."""
     await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
     job = await run_in_threadpool(queue.request_cancel, zoo.registry.sessions, job_id)
@@ -137,7 +137,7 @@ async def cancel_job(job_id: int, user: UserDep, zoo: ZooDep) -> JobPublic:
 
 
 @router.get("/{job_id}/logs", response_class=PlainTextResponse)
-async def job_logs(job_id: int, user: UserDep, zoo: ZooDep, settings: SettingsDep) -> str:
+async def job_logs(job_id: RowId, user: UserDep, zoo: ZooDep, settings: SettingsDep) -> str:
     """The runner's output, every attempt in order (from Ray for Ray-run jobs)."""
     job = await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
     return await run_in_threadpool(queue.logs, job, settings.home)

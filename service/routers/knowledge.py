@@ -121,7 +121,7 @@ def list_references(
 @router.get("/references/{ref_id}", response_model_exclude_none=True)
 def get_reference(ref_id: str, engine: EngineDep) -> Reference:
     """One reference by number (e.g. 23) or external id (e.g. seed2)."""
-    key: int | str = int(ref_id) if ref_id.isdigit() else ref_id
+    key: int | str = int(ref_id) if ref_id.isascii() and ref_id.isdigit() else ref_id
     ref = engine.kb.references.get(key)
     if ref is None:
         raise not_found("reference", ref_id, [str(k) for k in engine.kb.references])
