@@ -8,8 +8,10 @@ import math
 from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rules import ProfileConflict
 from zoo.registry import RegistrationConflict, RegistrationError
@@ -66,3 +68,13 @@ def install(app: FastAPI) -> None:
         return JSONResponse(status_code=status, content={"detail": [
             {"loc": ["body", *exc.field.split(".")], "msg": str(exc),
              "type": "registration"}]})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        # Under /hf every 404 speaks the Hub's dialect (the huggingface_hub client reads
+        # X-Error-Code), also for a URL that matched no route at all.
+        if exc.status_code == 404 and request.url.path.startswith("/hf/"):
+            return JSONResponse(status_code=404, content={"error": "repository not found"},
+                                headers={"X-Error-Code": "RepoNotFound",
+                                         "X-Error-Message": "repository not found"})
+        return await http_exception_handler(request, exc)

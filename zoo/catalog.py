@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that reads back timezone-aware (UTC) on every database: SQLite keeps no
+    zone, and a naive time in an API answer is not an RFC 3339 date-time."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -27,8 +41,8 @@ class EncoderRow(Base):
     feature_dim: Mapped[int] = mapped_column(Integer)
     latest_revision: Mapped[int] = mapped_column(Integer)
     description: Mapped[str] = mapped_column(String(2000), default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     revisions: Mapped[list[RevisionRow]] = relationship(
         back_populates="encoder", order_by="RevisionRow.number")
@@ -44,7 +58,7 @@ class RevisionRow(Base):
     number: Mapped[int] = mapped_column(Integer)
     commit: Mapped[str] = mapped_column(String(40), unique=True, index=True)
     card: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     encoder: Mapped[EncoderRow] = relationship(back_populates="revisions")
     files: Mapped[list[FileRow]] = relationship(back_populates="revision",
@@ -83,6 +97,6 @@ class DatasetRow(Base):
     image_size: Mapped[list[int]] = mapped_column(JSON)
     num_classes: Mapped[int] = mapped_column(Integer)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
     __table_args__ = (UniqueConstraint("owner", "name"),)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
 from .. import datasets
@@ -36,8 +36,8 @@ async def create_dataset(request: Request, user: UserDep, zoo: ZooDep,
     if ctype.startswith("application/json"):
         try:
             spec = DatasetPath.model_validate_json(await request.body())
-        except ValidationError as err:
-            raise HTTPException(422, detail=json.loads(err.json())) from None
+        except ValidationError as err:  # the same 422 body as any request validation
+            raise RequestValidationError(err.errors(), body=None) from None
         modality = datasets.normalise_modality(spec.modality)
         dataset = await run_in_threadpool(datasets.load_path, spec, settings)
         return await run_in_threadpool(datasets.store, zoo, user.name, spec.name, "path",

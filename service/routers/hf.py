@@ -87,8 +87,10 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
 
 def _error(code: str, message: str) -> JSONResponse:
     # huggingface_hub maps X-Error-Code to RepositoryNotFoundError, EntryNotFoundError...
-    # Header values are Latin-1: a name from the URL is escaped there, kept in the body.
-    header = message.encode("ascii", "backslashreplace").decode("ascii")
+    # Header values must be printable ASCII: a name from the URL is escaped there (control
+    # characters and non-ASCII letters alike) and kept as it is in the body.
+    header = "".join(c if " " <= c <= "~" else c.encode("unicode_escape").decode("ascii")
+                     for c in message)
     return JSONResponse(status_code=404, content=HfError(error=message).model_dump(),
                         headers={"X-Error-Code": code, "X-Error-Message": header})
 

@@ -30,6 +30,7 @@ CASES = [
     ("GET", "/v1/references/%C2%B2", None, 404),
     ("GET", "/hf/api/models/taskalign/%C3%A9%E2%82%AC", None, 404),
     ("GET", "/hf/taskalign/%E2%82%AC/resolve/main/config.json", None, 404),
+    ("GET", "/hf/api/models/a%0Ab", None, 404),  # matches no route: still the Hub's 404
     ("POST", "/v1/recommendations", b'{"task": NaN, "modality": "ct", "label_regime": "low"}',
      422),
     ("POST", "/v1/recommendations",

@@ -80,6 +80,8 @@ async def test_upload_real_npz_and_summary(api) -> None:  # noqa: ANN001
     assert splits["train"]["per_class"] == {"0": 147, "1": 399}
     got = await client.get(f"/v1/datasets/{body['id']}", headers=auth(ALICE))
     assert got.json()["image_size"] == [28, 28] and got.json()["channels"] == 1
+    # RFC 3339 with a zone, on SQLite too (it stores none)
+    assert got.json()["created_at"].endswith(("Z", "+00:00"))
 
 
 async def test_upload_zip_of_images(api) -> None:  # noqa: ANN001
