@@ -6,13 +6,16 @@ Modelled on timm's pretrained configs (facts about weights) and MONAI bundle met
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*[a-z0-9]\.[a-z0-9][a-z0-9-]*[a-z0-9]$"
+# Largest encoder input accepted: 256^3 voxels, or 4096^2 pixels (one channel).
+MAX_INPUT_VALUES = 256**3
 PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".pkl", ".pickle", ".ckpt", ".joblib")
 
 
@@ -99,6 +102,19 @@ class EncoderCard(BaseModel):
         if any(s < 4 or s > 1024 for s in v):
             raise ValueError("input_size entries must be between 4 and 1024")
         return v
+
+    @model_validator(mode="after")
+    def _bounded_input(self) -> EncoderCard:
+        # Checked before any model is built: registration runs a probe through the network
+        # and exports it, which for a 1024^3 volume would take minutes and gigabytes.
+        if len(self.input_size) != self.spatial_dims:
+            raise ValueError(f"input_size has {len(self.input_size)} entries; spatial_dims "
+                             f"is {self.spatial_dims}")
+        values = self.in_channels * math.prod(self.input_size)
+        if values > MAX_INPUT_VALUES:
+            raise ValueError(f"input of {values:,} values (channels x input_size) is over the "
+                             f"limit of {MAX_INPUT_VALUES:,} (256^3 voxels, 4096^2 pixels)")
+        return self
 
 
 # Fields of a StoredCard that the server measures or assigns. A card downloaded from the

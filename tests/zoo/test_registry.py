@@ -109,3 +109,13 @@ def test_failed_commit_leaves_nothing(registry: Registry) -> None:
         assert s.scalar(select(func.count()).select_from(EncoderRow)) == 0
         assert s.scalar(select(func.count()).select_from(RevisionRow)) == 0
     assert registry.store.all() == set()
+
+
+def test_huge_declared_input_is_refused_before_building_a_model() -> None:
+    """A small upload must not make the server build and export a network for a 1024^3
+    volume (minutes, gigabytes): the card is refused first."""
+    c = card("resnet10-3d.huge", dims=3)
+    c["input_size"] = [1024, 1024, 1024]
+    with pytest.raises(RegistrationError, match="over the limit of 16,777,216") as info:
+        prepare(c, b"\0" * 64)
+    assert info.value.field == "config"
