@@ -29,6 +29,8 @@ class Settings(BaseSettings):
                                   description="Largest encoder or dataset upload.")
     max_embed_bytes: int = Field(32 * 1024 * 1024, ge=1024,
                                  description="Largest image batch for /embed.")
+    max_embed_values: int = Field(64 * 2**20, ge=4096, description="Decoded values (float32) "
+                                  "one /embed request may hold: images x channels x size.")
     seed_zoo: bool = Field(True, description="Register the shipped seed encoders at start-up.")
     worker: bool = Field(True, description="Run a local job worker inside the API process.")
     ray_address: str | None = Field(None, description="Ray dashboard/job API address, for "

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import datetime
 from typing import Annotated
 
@@ -15,7 +16,7 @@ from zoo.embed import ImageError, decode, embed
 from zoo.registry import ONNX, prepare
 
 from ..auth import UserDep
-from ..deps import EngineDep, ZooDep
+from ..deps import EngineDep, SettingsDep, ZooDep
 from ..errors import not_found
 from ..files import blob_response
 from ..pagination import Limit, Offset, Page
@@ -191,6 +192,7 @@ def decode_all(files: list[tuple[str, bytes]], card: StoredCard
 async def embed_images(
     name: str,
     zoo: ZooDep,
+    settings: SettingsDep,
     images: Annotated[list[UploadFile], File(description="PNG or NPY images, one per part.")],
     revision: Annotated[str | None, Form()] = None,
 ) -> EmbedResponse:
@@ -199,6 +201,11 @@ async def embed_images(
         raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
     rev, entry = resolve_file(zoo, name, revision, ONNX)
     card = StoredCard.model_validate(rev.card)
+    per_image, budget = card.in_channels * math.prod(card.input_size), settings.max_embed_values
+    if per_image * len(images) > budget:
+        raise HTTPException(422, f"{len(images)} images of {per_image:,} values each is over "
+                                 f"the limit of {budget:,} values per request; send at most "
+                                 f"{max(1, budget // per_image)} images of this size at once")
     files = [(upload.filename or f"image[{i}]", await upload.read())
              for i, upload in enumerate(images)]
     # Decoding is CPU work: off the event loop, so other requests keep being served.

@@ -280,3 +280,31 @@ def test_downloaded_card_uploads_again_as_new_revision(zoo_server: dict[str, Any
     assert stored["feature_dim"] == served["feature_dim"] != 9999
     assert stored["files"]["model.safetensors"]["sha256"] == hashlib.sha256(blob).hexdigest()
     assert stored["description"] == "re-uploaded from a downloaded card"
+
+
+@pytest.mark.anyio
+async def test_embed_request_holds_a_bounded_number_of_values(tmp_path: Path) -> None:
+    from service.config import Settings
+    from service.main import create_app
+
+    settings = Settings(home=tmp_path, data_dir=None, seed_zoo=False, worker=False,
+                        admin_tokens=TOKEN, max_embed_values=4096)  # 5 images of 28x28
+    c = card("resnet18-2d.budget")
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(settings)),
+                                 base_url="http://testserver") as client:
+        r = await client.post("/v1/encoders", files=upload_files(c, weights(c)),
+                              headers=AUTH)
+        assert r.status_code == 201, r.text
+        images, _ = medmnist("pneumoniamnist", n=6)
+        files = [("images", (f"{i}.png", png_bytes(im), "image/png"))
+                 for i, im in enumerate(images)]
+        over = await client.post(f"/v1/encoders/{c['name']}/embed", files=files)
+        assert over.status_code == 422
+        assert "send at most 5 images of this size" in over.json()["detail"]
+        ok = await client.post(f"/v1/encoders/{c['name']}/embed", files=files[:5])
+        assert ok.status_code == 200 and ok.json()["count"] == 5
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
