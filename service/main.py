@@ -64,15 +64,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             threading.Thread(target=_register_seeds, args=(zoo,), daemon=True,
                              name="seed-zoo").start()
         stop = threading.Event()
+        worker_thread = None
         if settings.worker:
             from .jobs.worker import LocalWorker
 
             worker = LocalWorker(zoo.registry.sessions, settings.home,
                                  stale_after=settings.job_stale_seconds)
-            threading.Thread(target=worker.run, args=(stop,), daemon=True,
-                             name="job-worker").start()
+            worker_thread = threading.Thread(target=worker.run, args=(stop,), daemon=True,
+                                             name="job-worker")
+            worker_thread.start()
         yield
         stop.set()
+        if worker_thread is not None:  # let it hand its running job back before exiting
+            worker_thread.join(timeout=20)
         db_engine.dispose()
 
     app = FastAPI(title="TaskAlign", version="0.1.0", description=API_DESCRIPTION,

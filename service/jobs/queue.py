@@ -152,6 +152,24 @@ def reap(sessions: sessionmaker[Session], stale_after: float) -> list[int]:
     return touched
 
 
+def hand_back(sessions: sessionmaker[Session], job_id: int, worker: str, why: str) -> bool:
+    """A worker that is shutting down returns its running job to the queue and gives back
+    the attempt it had taken, so deploys and restarts do not use up a job's retries.
+    Only while the job is still this worker's and still running (a conditional update);
+    returns whether it was handed back."""
+    with sessions.begin() as session:
+        done = session.execute(
+            update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker,
+                                 JobRow.status == "running")
+            .values(status="queued", worker=None, heartbeat_at=None, started_at=None,
+                    attempts=JobRow.attempts - 1, updated_at=utcnow()))
+        if done.rowcount != 1:
+            return False
+        event(session, job_id, "status", {"status": "queued", "reason": why,
+                                          "attempt_counted": False})
+        return True
+
+
 def request_cancel(sessions: sessionmaker[Session], job_id: int) -> JobRow:
     with sessions.begin() as session:
         job = session.get(JobRow, job_id, with_for_update=True)

@@ -109,5 +109,23 @@ class LocalWorker:
             except Exception:  # keep serving; the database may come back
                 log.exception("worker tick failed")
             stop.wait(self.poll)
+        self.shut_down()
+
+    def shut_down(self, grace: float = 10.0) -> None:
+        """Stop every running child, then hand its job back to the queue without counting
+        the attempt: a deploy or restart is not the job's failure."""
         for run in self.running.values():
-            os.killpg(run.proc.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for job_id, run in self.running.items():
+            try:
+                run.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(run.proc.pid, signal.SIGKILL)
+                run.proc.wait()
+            if not run.cancel_at and queue.hand_back(
+                    self.sessions, job_id, self.id, f"worker {self.id} shut down"):
+                log.info("job %s handed back to the queue", job_id)
+        self.running.clear()

@@ -266,3 +266,28 @@ def test_pretrain_job_makes_a_new_encoder(tmp_path: Path) -> None:
             "linear_probe", "random_init_linear_probe"}
     finally:
         s.stop()
+
+
+def test_sigterm_hands_the_running_job_back_without_spending_an_attempt(
+        tmp_path: Path) -> None:
+    """A deploy stops the API with SIGTERM: the job it was running goes back to the queue
+    with its attempt given back, and the next server runs it to the end."""
+    s = Server(tmp_path, TASKALIGN_WORKER="true", **TOKENS)
+    try:
+        ds = seed_server(s.url)
+        job_id = httpx.post(f"{s.url}/v1/jobs", headers=h(ALICE), json={
+            "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 200,
+            "mode": "full"}).json()["id"]
+        wait_for(lambda: job(s.url, job_id)["progress"].get("epoch", 0) >= 1, 180)
+    finally:
+        s.stop()  # SIGTERM, as a deploy would
+    s2 = Server(tmp_path, TASKALIGN_WORKER="false", **TOKENS)
+    try:
+        handed_back = job(s2.url, job_id)
+        assert handed_back["status"] == "queued" and handed_back["attempts"] == 0
+        events = httpx.get(f"{s2.url}/v1/jobs/{job_id}/events", headers=h(ALICE)).json()
+        assert any(e["data"].get("attempt_counted") is False for e in events["data"])
+        assert httpx.post(f"{s2.url}/v1/jobs/{job_id}/cancel",
+                          headers=h(ALICE)).json()["status"] == "cancelled"
+    finally:
+        s2.stop()
