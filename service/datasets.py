@@ -16,6 +16,7 @@ from zoo.catalog import DatasetRow
 
 from .auth import User
 from .config import Settings
+from .pagination import fetch_page
 from .problems import Conflict, Invalid, NotFound
 from .zoo_state import ZooState
 
@@ -149,9 +150,8 @@ def list_for(zoo: ZooState, user: User, limit: int, offset: int
     if not user.admin:
         query = query.where(DatasetRow.owner == user.name)
     with zoo.registry.sessions() as session:
-        count = session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = session.scalars(query.order_by(DatasetRow.id).limit(limit).offset(offset)).all()
-        return [DatasetPublic.model_validate(r) for r in rows], int(count or 0)
+        rows, count = fetch_page(session, query, DatasetRow.id, limit, offset)
+        return [DatasetPublic.model_validate(r) for r in rows], count
 
 
 def owned(zoo: ZooState, dataset_id: int, user: User) -> DatasetPublic:

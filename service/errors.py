@@ -17,6 +17,7 @@ from rules import ProfileConflict
 from zoo.registry import RegistrationConflict, RegistrationError
 
 from .problems import Problem
+from .routers.hf import hub_error
 
 log = logging.getLogger("taskalign")
 
@@ -74,7 +75,5 @@ def install(app: FastAPI) -> None:
         # Under /hf every 404 speaks the Hub's dialect (the huggingface_hub client reads
         # X-Error-Code), also for a URL that matched no route at all.
         if exc.status_code == 404 and request.url.path.startswith("/hf/"):
-            return JSONResponse(status_code=404, content={"error": "repository not found"},
-                                headers={"X-Error-Code": "RepoNotFound",
-                                         "X-Error-Message": "repository not found"})
+            return hub_error("RepoNotFound", "repository not found")
         return await http_exception_handler(request, exc)

@@ -38,13 +38,17 @@ class InvalidJob(Invalid):
 
     code = "invalid_job"
 
+
 Auto = Literal["auto"]
 T = TypeVar("T")
-# Settings that only full fine-tuning reads; a linear probe would silently ignore them.
+# Settings only full fine-tuning reads: a linear probe or a pretrain job would silently
+# ignore them, so such a request that sets them is refused. (`encoder`, `encoder_revision`
+# and `mode` have always been ignored by pretrain jobs and still are.)
 FULL_ONLY = ("encoder_lr_multiplier", "augmentations")
-# Fine-tuning settings a pretrain request may not set (it would silently ignore them).
-# `encoder`, `encoder_revision` and `mode` have always been ignored there and still are.
-FINETUNE_ONLY = ("encoder_lr_multiplier", "augmentations")
+
+
+def given_full_only(spec: JobCreate) -> list[str]:
+    return [f for f in FULL_ONLY if getattr(spec, f) != "auto"]
 
 
 class JobCreate(BaseModel):
@@ -167,7 +171,7 @@ def plan_job(spec: JobCreate, user: User, registry: Registry,
         dataset = owned_dataset(session, spec.dataset_id, user)
     check_limits(spec)
     if spec.type == "pretrain":
-        given = [f for f in FINETUNE_ONLY if getattr(spec, f) not in (None, "auto")]
+        given = given_full_only(spec)
         if given:
             raise InvalidJob(given[0], f"{', '.join(given)} only apply to finetune jobs")
         return plan_pretrain(spec, dataset)
@@ -226,7 +230,7 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
               for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
                            "augmentations")}
     if values["mode"] == "linear_probe":
-        given = [f for f in FULL_ONLY if getattr(spec, f) != "auto"]
+        given = given_full_only(spec)
         if given:
             how = "was chosen for these labels" if spec.mode == "auto" else "was asked for"
             raise InvalidJob(given[0], f"{', '.join(given)} only apply to mode full; "

@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..auth import User
+from ..pagination import fetch_page
 from ..problems import Conflict, NotFound
 from .models import TERMINAL, JobEventRow, JobRow
 
@@ -223,10 +224,7 @@ def list_jobs(sessions: sessionmaker[Session], user: User, status: str | None, l
     if status:
         query = query.where(JobRow.status == status)
     with sessions() as session:
-        count = session.scalar(select(func.count()).select_from(query.subquery()))
-        rows = session.scalars(query.order_by(JobRow.id.desc()).limit(limit)
-                               .offset(offset)).all()
-    return list(rows), int(count or 0)
+        return fetch_page(session, query, JobRow.id.desc(), limit, offset)
 
 
 def events_after(sessions: sessionmaker[Session], job_id: int, after: int,

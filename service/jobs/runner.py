@@ -33,6 +33,19 @@ Log = Callable[[str], None]
 Sessions = sessionmaker[Session]
 
 
+def report_to(sessions: Sessions, job_id: int
+              ) -> Callable[[dict[str, Any], dict[str, Any] | None, str | None], None]:
+    """Progress and metrics into the job's row and events; log lines also to stdout, which
+    the worker keeps as the attempt's log."""
+    def report(values: dict[str, Any], metrics: dict[str, Any] | None,
+               line: str | None) -> None:
+        if line:
+            print(line, flush=True)
+        queue.progress(sessions, job_id, values, metrics, line)
+
+    return report
+
+
 def load_job_dataset(row: DatasetRow, store: BlobStore) -> Dataset:
     if row.kind == "path":
         path = Path(row.path or "")
@@ -76,12 +89,7 @@ def run_finetune(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) ->
     encoder = build_from_card(revision.card, store.path(weights.sha256))
     parent = StoredCard.model_validate(revision.card)
 
-    def report(values: dict[str, Any], metrics: dict[str, Any] | None,
-               line: str | None) -> None:
-        if line:
-            print(line, flush=True)
-        queue.progress(sessions, job.id, values, metrics, line)
-
+    report = report_to(sessions, job.id)
     settings = FinetuneSettings(
         mode=plan.mode, label_fraction=plan.label_fraction, seed=plan.seed,
         epochs=plan.epochs, lr=plan.lr, batch_size=plan.batch_size,
@@ -176,9 +184,10 @@ def main(job_id: int) -> int:
     with sessions() as session:
         job = session.get(JobRow, job_id)
 
+    report = report_to(sessions, job_id)
+
     def log(line: str) -> None:
-        print(line, flush=True)
-        queue.progress(sessions, job_id, {}, line=line)
+        report({}, None, line)
 
     try:
         result = RUNNERS[job.type](job, sessions, store, log)

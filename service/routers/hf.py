@@ -85,7 +85,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {
                                            "RevisionNotFound, EntryNotFound)"}}
 
 
-def _error(code: str, message: str) -> JSONResponse:
+def hub_error(code: str, message: str) -> JSONResponse:
+    """A 404 as the Hub answers it; also used for /hf URLs that match no route."""
     # huggingface_hub maps X-Error-Code to RepositoryNotFoundError, EntryNotFoundError...
     # Header values must be printable ASCII: a name from the URL is escaped there (control
     # characters and non-ASCII letters alike) and kept as it is in the body.
@@ -106,11 +107,11 @@ def _lookup(zoo: ZooDep, repo_id: str, revision: str | None) -> RevisionRow | JS
     """The revision, or the Hub-style 404 to return."""
     name = _name(repo_id)
     if name is None or zoo.registry.get(name) is None:
-        return _error("RepoNotFound", f"repository '{repo_id}' not found; ids are "
+        return hub_error("RepoNotFound", f"repository '{repo_id}' not found; ids are "
                                       f"'{ORG}/<encoder name>'")
     rev = zoo.registry.revision(name, revision)
     if rev is None:
-        return _error("RevisionNotFound", f"revision '{revision}' not found in '{repo_id}'")
+        return hub_error("RevisionNotFound", f"revision '{revision}' not found in '{repo_id}'")
     return rev
 
 
@@ -176,7 +177,7 @@ def resolve(repo_id: str, revision: str, filename: str, request: Request,
         return rev
     entry = next((f for f in rev.files if f.filename == filename), None)
     if entry is None:
-        return _error("EntryNotFound", f"'{filename}' not in '{repo_id}' at {revision}")
+        return hub_error("EntryNotFound", f"'{filename}' not in '{repo_id}' at {revision}")
     return blob_response(request, zoo.store.path(entry.sha256), entry.sha256, filename,
                          {"X-Repo-Commit": rev.commit, "X-Linked-Etag": f'"{entry.sha256}"',
                           "X-Linked-Size": str(entry.size)})
