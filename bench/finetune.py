@@ -2,7 +2,7 @@
 real API and worker, compared with the MedMNIST v2 ResNet-18 (28) test AUC of 0.944
 (Yang et al. 2023, Table 3; their protocol: Adam 1e-3, 100 epochs, batch 128).
 
-    .venv/bin/python bench/finetune.py [--encoder NAME] [--epochs 30] [--seeds 0 1 2]
+    .venv/bin/python bench/finetune.py [--encoder OWNER/NAME] [--epochs 30] [--seeds 0 1 2]
                                        [--dataset pneumoniamnist] [--device auto|cpu|cuda]
 
 One job per seed, run one after another by the server's local worker; each seed's test
@@ -31,7 +31,8 @@ REFERENCE = {"pneumoniamnist": 0.944, "breastmnist": 0.901}
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--encoder", default="resnet18-2d.simclr-pneumoniamnist")
+    ap.add_argument("--encoder", default="taskalign/resnet18-2d.simclr-pneumoniamnist",
+                    help="Repository id owner/name; the seed zoo is under taskalign/.")
     ap.add_argument("--dataset", default="pneumoniamnist")
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--fraction", type=float, default=1.0)

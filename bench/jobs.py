@@ -31,7 +31,7 @@ def main() -> None:
         server = Server(Path(tmp), TASKALIGN_WORKER="true", **TOKENS)
         try:
             url = server.url
-            ds = seed_server(url)
+            ds = seed_server(url, server.home)
             t0 = time.perf_counter()
             first = httpx.post(f"{url}/v1/jobs", headers=h(ALICE), json={
                 "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 1,

@@ -131,7 +131,8 @@ def wait_for_seed_zoo(port: int, timeout: float = 600) -> int:
     expected = sum(1 for p in (ROOT / "zoo" / "seed").iterdir() if (p / "card.json").exists())
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        count = httpx.get(f"http://127.0.0.1:{port}/v1/encoders", timeout=5).json()["count"]
+        count = httpx.get(f"http://127.0.0.1:{port}/v1/encoders", timeout=5,
+                          params={"owner": "taskalign"}).json()["count"]  # the seed zoo's
         if count >= expected:
             return count
         time.sleep(1)

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.conftest import Server, free_port  # noqa: E402
-from tests.utils import card, medmnist, upload_files, weights  # noqa: E402
+from tests.utils import card, medmnist, repo, upload_files, weights  # noqa: E402
 from zoo.architectures import build_encoder  # noqa: E402
 from zoo.export import export_onnx, probe_input  # noqa: E402
 
@@ -109,7 +109,8 @@ def bench_download(runs: int) -> None:
             nginx_port = free_port()
             nginx = start_nginx(www, nginx_port, tmp_path)
             try:
-                zoo_url = f"{server.url}/v1/encoders/{c['name']}/files/model.safetensors"
+                zoo_url = (f"{server.url}/v1/encoders/{repo(c['name'])}/files/"
+                           "model.safetensors")  # an admin's upload: taskalign/<name>
                 ngx_url = f"http://127.0.0.1:{nginx_port}/model.safetensors"
                 curl_rate(zoo_url, 1)
                 curl_rate(ngx_url, 1)  # warm the page cache for both

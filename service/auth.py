@@ -17,6 +17,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from zoo.access import ADMIN, ANONYMOUS, ORG, Principal
+
 from .config import Settings
 
 log = logging.getLogger("taskalign")
@@ -33,7 +35,7 @@ class User:
 
 
 MIN_TOKEN_LENGTH = 16
-ADMIN = "admin"  # the owner name of rows an admin token creates; no user may take it
+RESERVED = (ADMIN, ORG)  # ORG: the seed zoo's namespace, an admin's for encoders
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 
 
@@ -55,9 +57,10 @@ def load_tokens(settings: Settings) -> dict[str, User]:
         if not sep or not USER_NAME.match(name):
             raise ValueError("TASKALIGN_API_TOKENS entries must be user=token, user names in "
                              "lower case letters, digits, '.', '_' and '-'")
-        if name == ADMIN:
-            raise ValueError("TASKALIGN_API_TOKENS: the user name 'admin' is reserved for "
-                             "admin tokens (TASKALIGN_ADMIN_TOKENS)")
+        if name in RESERVED:
+            raise ValueError(f"TASKALIGN_API_TOKENS: the user name '{name}' is reserved "
+                             f"({', '.join(RESERVED)} belong to admin tokens, "
+                             "TASKALIGN_ADMIN_TOKENS)")
         add(token, User(name=name, admin=False), "TASKALIGN_API_TOKENS")
     for token in filter(None, (t.strip() for t in settings.admin_tokens.split(","))):
         add(token, User(name=ADMIN, admin=True), "TASKALIGN_ADMIN_TOKENS")
@@ -78,6 +81,22 @@ bearer = HTTPBearer(auto_error=False, description="A token from TASKALIGN_API_TO
                     "TASKALIGN_ADMIN_TOKENS (or $TASKALIGN_HOME/admin.token).")
 
 
+def find_user(request: Request, token: str) -> User | None:
+    """The token's user; every known token is compared, in constant time each."""
+    found = None
+    for known, user in request.app.state.tokens.items():
+        if hmac.compare_digest(known.encode(), token.encode()):
+            found = user
+    return found
+
+
+def _user_of(request: Request, token: str) -> User:
+    user = find_user(request, token)
+    if user is None:
+        raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    return user
+
+
 async def current_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
@@ -86,10 +105,18 @@ async def current_user(
     if not token:
         raise HTTPException(401, "this endpoint needs a token: send 'Authorization: Bearer "
                                  "<token>'", headers={"WWW-Authenticate": "Bearer"})
-    for known, user in request.app.state.tokens.items():
-        if hmac.compare_digest(known.encode(), token.encode()):
-            return user
-    raise HTTPException(401, "unknown token", headers={"WWW-Authenticate": "Bearer"})
+    return _user_of(request, token)
+
+
+async def current_reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User | Principal:
+    """Read endpoints work without a token (public repositories only); a token that is
+    sent must be valid, so a typo is a 401 rather than a quietly smaller listing."""
+    token = credentials.credentials if credentials else ""
+    return _user_of(request, token) if token else ANONYMOUS
 
 
 UserDep = Annotated[User, Depends(current_user)]
+ReaderDep = Annotated[User | Principal, Depends(current_reader)]

@@ -118,7 +118,7 @@ def export(name: str, out: Annotated[Path, typer.Option(help="Target folder.")],
         except TransferError as e:
             err.print(f"[red]error[/red] {e}")
             raise typer.Exit(1) from None
-    console.print(f"exported {card.name} revision {card.revision} to {out}")
+    console.print(f"exported {name} revision {card.revision} to {out}")
 
 
 @app.command()
@@ -127,7 +127,11 @@ def pull(repo: Annotated[str, typer.Argument(help="ORG/REPO, e.g. taskalign/<nam
              help="Hub endpoint; a TaskAlign server's is <url>/hf. Default: the HF Hub.")]
          = None,
          revision: Annotated[str | None, typer.Option()] = None,
-         token: Annotated[str | None, typer.Option(envvar="HF_TOKEN")] = None) -> None:
+         token: Annotated[str | None, typer.Option(envvar="HF_TOKEN")] = None,
+         owner: Annotated[str, typer.Option(help="Local namespace to register under.")]
+         = "taskalign",
+         private: Annotated[bool, typer.Option(help="Register as a private repository.")]
+         = False) -> None:
     """Import an encoder from a Hub-compatible endpoint into the local zoo, verified."""
     from service.db import make_engine
     from service.migrate import upgrade
@@ -147,11 +151,12 @@ def pull(repo: Annotated[str, typer.Argument(help="ORG/REPO, e.g. taskalign/<nam
         task = progress.add_task(f"pull {repo}", total=len(FILES))
         try:
             card = pull_repo(registry, repo, endpoint=endpoint, revision=revision, token=token,
-                             on_file=lambda _: progress.advance(task))
+                             on_file=lambda _: progress.advance(task), owner=owner,
+                             private=private)
         except (TransferError, RegistrationError) as e:
             err.print(f"[red]error[/red] {e}")
             raise typer.Exit(1) from None
-    console.print(f"registered {card.name} revision {card.revision} (sha256 of every file "
+    console.print(f"registered {card.repo_id} revision {card.revision} (sha256 of every file "
                   "checked)")
 
 

@@ -75,15 +75,25 @@ def normalise_modality(value: str | None) -> str | None:
         raise InvalidDataset("modality", str(err)) from None
 
 
-def load_path(spec: DatasetPath, settings: Settings) -> Dataset:
-    """Read and check a dataset under the data dir (or TASKALIGN_HOME/datasets) only."""
+def path_roots(settings: Settings, user: User) -> list[Path]:
+    """Where a user may register paths: an admin under the data dir and
+    TASKALIGN_HOME/datasets; anyone else only under their own TASKALIGN_HOME/datasets/<name>/,
+    so that no user reads files the service can see but they were never given."""
+    if user.admin:
+        return [r.resolve() for r in (settings.data_dir, settings.home / "datasets") if r]
+    return [(settings.home / "datasets" / user.name).resolve()]
+
+
+def load_path(spec: DatasetPath, settings: Settings, user: User) -> Dataset:
+    """Read and check a dataset under one of the caller's path roots only."""
     from zoo.datasets.ingest import check
     from zoo.datasets.readers import DataError, load_folder, load_npz
 
-    roots = [r.resolve() for r in (settings.data_dir, settings.home / "datasets") if r]
+    roots = path_roots(settings, user)
     target = Path(spec.path).resolve()
     if not any(target == r or r in target.parents for r in roots):
-        raise InvalidDataset("path", f"paths must lie under {', '.join(map(str, roots))}")
+        raise InvalidDataset("path", f"paths must lie under {', '.join(map(str, roots))} "
+                             "(other paths: ask an admin, or upload the file)")
     try:
         if target.is_file() and target.suffix == ".npz":
             dataset = load_npz(target, spec.name)

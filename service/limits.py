@@ -23,7 +23,7 @@ def _matches(pattern: tuple[str, ...], path: tuple[str, ...]) -> bool:
 class BodySizeLimit:
     """`max_bytes` for every route, except the routes named in `overrides` (method, path
     with `*` for one segment, limit), which get their own. Paths match whole, so
-    /v1/encoders (an upload) says nothing about /v1/encoders/NAME/embed."""
+    /v1/encoders (an upload) says nothing about /v1/encoders/OWNER/NAME/embed."""
 
     def __init__(self, app: ASGIApp, max_bytes: int,
                  overrides: list[tuple[str, str, int]] | None = None):

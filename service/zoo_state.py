@@ -28,12 +28,13 @@ class ZooState:
         self.onnx_sessions = SessionCache()
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._generation: tuple[int, int] = (-1, -1)
+        self._generation: tuple[int, ...] = (-1, -1, -1)
         self._facts: list[EncoderFacts] = []
         self._matches: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
 
-    def generation(self) -> tuple[int, int]:
-        """(revision count, newest revision id); polled at most every couple of seconds."""
+    def generation(self) -> tuple[int, ...]:
+        """Registry.generation() (revisions and visibility); polled at most every couple of
+        seconds, and at once after `invalidate`."""
         now = time.monotonic()
         if now - self._checked >= self.REFRESH_SECONDS:
             with self._lock:

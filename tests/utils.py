@@ -6,6 +6,7 @@ import copy
 import io
 import json
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,6 +18,8 @@ import pytest
 
 DATA_DIR = Path(os.environ.get("TASKALIGN_DATA_DIR", Path(__file__).resolve().parents[2]
                                / "shared" / "data"))
+
+ORG = "taskalign"  # the namespace of the seed zoo and of admin uploads
 
 SMALL_2D = {"name": "resnet18", "args": {"widths": [8, 16, 32, 64]}}
 SMALL_3D = {"name": "resnet10", "args": {"widths": [8, 16, 16, 32]}}
@@ -41,6 +44,21 @@ def card(name: str = "resnet18-2d.test-pneumoniamnist", dims: int = 2,
         "description": "test encoder",
         **extra,
     }
+
+
+def repo(name: str, owner: str = ORG) -> str:
+    """The repository id `owner/name` an encoder called `name` is served under."""
+    return f"{owner}/{name}"
+
+
+def user_dataset(home: Path, user: str, source: Path) -> Path:
+    """A copy of `source` where `user` may register paths: TASKALIGN_HOME/datasets/<user>/
+    (only an admin may register paths under the data dir)."""
+    target = home / "datasets" / user / source.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        shutil.copyfile(source, target)
+    return target
 
 
 def weights(card_data: dict[str, Any], seed: int = 0, fp16: bool = False) -> bytes:

@@ -119,7 +119,7 @@ class EncoderCard(BaseModel):
 
 # Fields of a StoredCard that the server measures or assigns. A card downloaded from the
 # zoo carries them; on upload they are dropped and computed again, never trusted.
-SERVER_FIELDS = ("revision", "commit", "created_at", "feature_dim",
+SERVER_FIELDS = ("repo_id", "revision", "commit", "created_at", "feature_dim",
                  "onnx_parity_max_abs_diff", "files")
 
 
@@ -132,6 +132,8 @@ def declared_part(card: dict[str, Any]) -> dict[str, Any]:
 class StoredCard(EncoderCard):
     """The card as served: declared facts plus what the server measured and stored."""
 
+    repo_id: str | None = Field(None, description="owner/name of the repository; absent "
+                                "from cards stored before repositories had owners.")
     revision: int
     # Absent from config.json: the commit id is a hash over the files, config.json included.
     commit: str | None = None

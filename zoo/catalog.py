@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Dialect, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Integer,
+    String,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -28,10 +38,14 @@ class Base(DeclarativeBase):
 
 
 class EncoderRow(Base):
+    """A repository: `name` is the repo id `owner/short-name`, unique."""
+
     __tablename__ = "encoders"
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(String(96), unique=True, index=True)
+    name: Mapped[str] = mapped_column(String(161), unique=True, index=True)
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    private: Mapped[bool] = mapped_column(Boolean, server_default=false())
     architecture: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str] = mapped_column(String(64), index=True)
     method_id: Mapped[str] = mapped_column(String(64), index=True)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .access import ORG, SYSTEM
 from .cards import StoredCard, declared_part
 from .registry import CONFIG, FILES, ONNX, README, WEIGHTS, Registry, prepare
 from .storage import sha256_file
@@ -23,8 +24,9 @@ class TransferError(RuntimeError):
 
 
 def export_folder(registry: Registry, name: str, revision: str | None, dest: Path) -> StoredCard:
-    """Write a revision's four files into `dest`, as a Hugging Face model repo lays them out."""
-    rev = registry.revision(name, revision)
+    """Write a revision's four files into `dest`, as a Hugging Face model repo lays them out.
+    Local use (the CLI holds the database): private repositories are readable."""
+    rev = registry.revision(name, revision, SYSTEM)
     if rev is None:
         raise TransferError(f"no encoder '{name}' at revision {revision or 'latest'}")
     dest.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,9 @@ def remote_manifest(repo_id: str, endpoint: str | None, revision: str | None,
 
 def pull(registry: Registry, repo_id: str, endpoint: str | None = None,
          revision: str | None = None, token: str | None = None,
-         on_file: Callable[[str], None] | None = None) -> StoredCard:
+         on_file: Callable[[str], None] | None = None, owner: str = ORG,
+         private: bool = False) -> StoredCard:
+    """Copy a Hub repository into the local zoo as `owner/<card name>`."""
     from huggingface_hub import hf_hub_download
 
     commit, manifest = remote_manifest(repo_id, endpoint, revision, token)
@@ -79,7 +83,8 @@ def pull(registry: Registry, repo_id: str, endpoint: str | None = None,
         prepared = prepare(declared, (folder / WEIGHTS).read_bytes(),
                            onnx=(folder / ONNX).read_bytes())
         _ = (folder / README).read_text()  # present and readable; ours is regenerated
-    return registry.register(prepared, family=card.get("pretext", {}).get("family"))
+    return registry.register(prepared, family=card.get("pretext", {}).get("family"),
+                             owner=owner, private=private)
 
 
 def push(registry: Registry, name: str, repo_id: str, endpoint: str | None = None,

@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from pydantic import ValidationError
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from .access import ANONYMOUS, ORG, OWNER, Reader, repo_id, visible
 from .cards import EncoderCard, FileEntry, StoredCard, declared_part, now
 from .catalog import EncoderRow, FileRow, RevisionRow
 from .storage import BlobStore
@@ -52,14 +54,14 @@ def _detail(err: ValidationError) -> str:
 PICKLE_SIGNATURES = (b"PK\x03\x04", b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
 
 
-def check_safetensors(data: bytes) -> None:
+def check_safetensors(data: bytes) -> dict[str, Any]:
     """Refuse pickles and anything that is not a safetensors file, by content.
 
     A safetensors file is an 8-byte little-endian header length N and N bytes of JSON
     object; that structure is checked first, so a valid file is never mistaken for a
     pickle whatever its length bytes are (a header of 128 + 256k bytes starts with 0x80,
     like a pickle). Only a file that is not safetensors is then named as a pickle or zip
-    checkpoint, to say what to do instead."""
+    checkpoint, to say what to do instead. Returns the parsed header."""
     header_len = int.from_bytes(data[:8], "little") if len(data) >= 8 else 0
     if 2 <= header_len <= min(len(data) - 8, 100_000_000) and data[8:9] == b"{":
         try:
@@ -67,7 +69,7 @@ def check_safetensors(data: bytes) -> None:
         except ValueError:
             header = None
         if isinstance(header, dict):
-            return
+            return header
     if data.startswith(PICKLE_SIGNATURES):
         raise RegistrationError("weights", "pickle-based checkpoints (torch.save, .pt/.pth/.bin) "
                                 "are refused; save with safetensors.torch.save_file")
@@ -75,6 +77,27 @@ def check_safetensors(data: bytes) -> None:
         raise RegistrationError("weights", "not a safetensors file (too short)")
     raise RegistrationError("weights", "not a safetensors file (an 8-byte header length "
                             "followed by a JSON header was expected)")
+
+
+def check_fit(architecture: str, expected: dict[str, tuple[int, ...]],
+              given: dict[str, tuple[int, ...]]) -> None:
+    """Refuse weights whose tensor names or shapes differ from the architecture's."""
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = sorted(k for k in set(expected) & set(given) if expected[k] != given[k])
+    if not (missing or unexpected or wrong):
+        return
+    parts = []
+    if missing:
+        parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
+    if wrong:
+        k = wrong[0]
+        parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: weights {given[k]}, "
+                     f"{architecture} expects {expected[k]})")
+    raise RegistrationError("weights", "weights do not fit the declared architecture: "
+                            + "; ".join(parts))
 
 
 @dataclass
@@ -97,53 +120,53 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
     from safetensors.torch import load as load_safetensors
 
     from .architectures import ArchitectureError, build_encoder
-    from .export import PARITY_TOLERANCE, ExportError, export_onnx, parity, probe_input
+    from .export import (
+        PARITY_TOLERANCE,
+        ExportError,
+        export_onnx,
+        parity,
+        probe_input,
+        probe_size,
+    )
 
     try:
         card = EncoderCard.model_validate(declared_part(card_data))
     except ValidationError as err:
         raise RegistrationError("config", _detail(err)) from None
-    check_safetensors(weights)
+    header = check_safetensors(weights)
+    build = (card.architecture.name, card.spatial_dims, card.in_channels, card.input_size,
+             card.architecture.args)
     try:
-        model = build_encoder(card.architecture.name, card.spatial_dims, card.in_channels,
-                              card.input_size, card.architecture.args)
+        # On the meta device first: the declared architecture's tensor shapes, without
+        # allocating them, so widths of 65536 in a tiny upload cost nothing before refusal.
+        with torch.device("meta"):
+            skeleton = build_encoder(*build)
     except ArchitectureError as err:
         raise RegistrationError("config.architecture", str(err)) from None
+    declared = {k: tuple(v.get("shape", ())) for k, v in header.items()
+                if k != "__metadata__" and isinstance(v, dict)}
+    check_fit(card.architecture.name,
+              {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, declared)
+    model = build_encoder(*build)
     try:
         state = load_safetensors(weights)
     except Exception as err:  # safetensors raises its own error types
         raise RegistrationError("weights", f"unreadable safetensors: {err}") from None
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(k for k in set(expected) & set(state)
-                   if tuple(expected[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensors (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensors (e.g. {unexpected[:3]})")
-        if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} shape mismatches (e.g. {k}: weights "
-                         f"{tuple(state[k].shape)}, {card.architecture.name} expects "
-                         f"{tuple(expected[k].shape)})")
-        raise RegistrationError("weights", "weights do not fit the declared architecture: "
-                                + "; ".join(parts))
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model = model.float().eval()
+    size = probe_size(model, card.input_size)
     with torch.inference_mode():
-        feature_dim = int(model(probe_input(card.in_channels, card.input_size, batch=1)).shape[1])
+        feature_dim = int(model(probe_input(card.in_channels, size, batch=1)).shape[1])
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / ONNX
         try:
             if onnx is None:
-                export_onnx(model, probe_input(card.in_channels, card.input_size), onnx_path)
-            else:
+                export_onnx(model, probe_input(card.in_channels, size), onnx_path)
+            else:  # a mirrored file may have fixed spatial axes: check it as declared
                 onnx_path.write_bytes(onnx)
-            diff = parity(model, onnx_path, probe_input(card.in_channels, card.input_size,
-                                                        batch=3, seed=1))
+                size = list(card.input_size)
+            diff = parity(model, onnx_path, probe_input(card.in_channels, size, batch=3,
+                                                        seed=1))
         except ExportError as err:
             raise RegistrationError("weights", f"ONNX export failed: {err}") from None
         except Exception as err:  # onnxruntime cannot load or run a provided file
@@ -172,13 +195,23 @@ class Registry:
     def __init__(self, sessions: sessionmaker[Session], store: BlobStore):
         self.sessions, self.store = sessions, store
 
-    def register(self, prepared: Prepared, family: str | None = None) -> StoredCard:
-        """Store files and add a revision. An upload that repeats the latest revision (same
-        weights, same card) raises RegistrationConflict. Without a family, the pretext family
-        is the encoder's earlier one."""
+    def register(self, prepared: Prepared, family: str | None = None, *, owner: str = ORG,
+                 private: bool | None = None,
+                 within: Callable[[Session, StoredCard], None] | None = None) -> StoredCard:
+        """Store files and add a revision to the repository `owner/card.name`. Whether the
+        caller may write there is the caller's check. An upload that repeats the latest
+        revision (same weights, same card) raises RegistrationConflict. Without a family,
+        the pretext family is the encoder's earlier one; without `private`, a new
+        repository is public and an existing one keeps its visibility. `within` runs in the
+        registering transaction before it commits (a job marks itself done there); if it
+        raises, nothing is registered."""
         from .modelcard import render
 
         card = prepared.card
+        if not OWNER.match(owner):
+            raise RegistrationError("owner", f"owner {owner!r} is not a valid namespace (lower "
+                                    "case letters, digits, '.', '_' and '-')")
+        repo = repo_id(owner, card.name)
         written: list[str] = []
         try:
             w_sha, w_size, new = self.store.put_bytes(prepared.weights)
@@ -188,7 +221,7 @@ class Registry:
             if new:
                 written.append(o_sha)
             with self.sessions.begin() as session:
-                row = session.scalars(select(EncoderRow).where(EncoderRow.name == card.name)
+                row = session.scalars(select(EncoderRow).where(EncoderRow.name == repo)
                                       .with_for_update()).first()
                 family = card.pretext.family or family or (row.family if row else None)
                 pretext = card.pretext.model_copy(update={"family": family})
@@ -202,15 +235,15 @@ class Registry:
                     if latest is not None and _same(latest.card, w_sha, declared):
                         raise RegistrationConflict(
                             "weights", f"identical to revision {row.latest_revision} of "
-                            f"{card.name} (same weights and card); revisions are immutable, "
+                            f"{repo} (same weights and card); revisions are immutable, "
                             "nothing to add")
                     number = row.latest_revision + 1
                 files = {WEIGHTS: FileEntry(sha256=w_sha, size=w_size),
                          ONNX: FileEntry(sha256=o_sha, size=o_size)}
                 created = now()
                 stored = StoredCard(**card.model_dump(exclude={"pretext"}), pretext=pretext,
-                                    revision=number, commit="0" * 40, created_at=created,
-                                    feature_dim=prepared.feature_dim,
+                                    repo_id=repo, revision=number, commit="0" * 40,
+                                    created_at=created, feature_dim=prepared.feature_dim,
                                     onnx_parity_max_abs_diff=prepared.parity, files=files)
                 # The commit id hashes config.json itself, so config.json cannot carry it.
                 config_bytes = stored.model_dump_json(
@@ -219,7 +252,7 @@ class Registry:
                 if new:
                     written.append(c_sha)
                 files[CONFIG] = FileEntry(sha256=c_sha, size=c_size)
-                stored.commit = commit_id(card.name, number,
+                stored.commit = commit_id(repo, number,
                                           {k: v.sha256 for k, v in files.items()})
                 r_sha, r_size, new = self.store.put_bytes(render(stored).encode())
                 if new:
@@ -227,11 +260,14 @@ class Registry:
                 files[README] = FileEntry(sha256=r_sha, size=r_size)
                 stored.files = files
                 if row is None:
-                    row = EncoderRow(name=card.name, created_at=created, description="",
+                    row = EncoderRow(name=repo, owner=owner, private=bool(private),
+                                     created_at=created, description="",
                                      architecture="", modality="", method_id="",
                                      spatial_dims=0, in_channels=0, feature_dim=0,
                                      latest_revision=0, updated_at=created)
                     session.add(row)
+                elif private is not None:
+                    row.private = private
                 row.architecture = card.architecture.name
                 row.modality = card.modality
                 row.method_id = card.pretext.method_id
@@ -250,6 +286,9 @@ class Registry:
                 for filename, entry in files.items():
                     session.add(FileRow(revision_id=rev.id, filename=filename,
                                         sha256=entry.sha256, size=entry.size))
+                if within is not None:
+                    session.flush()
+                    within(session, stored)
             return stored
         except BaseException:
             for sha in written:
@@ -277,10 +316,14 @@ class Registry:
         if not self.referenced(sha):
             self.store.delete(sha)
 
-    def list(self, *, modality: str | None = None, method: str | None = None,
-             family: str | None = None, dims: int | None = None, q: str | None = None,
-             limit: int = 100, offset: int = 0) -> tuple[list[EncoderRow], int]:
-        query = select(EncoderRow)
+    def list(self, *, reader: Reader = ANONYMOUS, modality: str | None = None,
+             method: str | None = None, family: str | None = None, dims: int | None = None,
+             q: str | None = None, owner: str | None = None, limit: int = 100,
+             offset: int = 0) -> tuple[list[EncoderRow], int]:
+        query = select(EncoderRow).where(
+            visible(reader, EncoderRow.owner, EncoderRow.private))
+        if owner:
+            query = query.where(EncoderRow.owner == owner)
         if modality:
             query = query.where(EncoderRow.modality == modality)
         if method:
@@ -299,17 +342,22 @@ class Registry:
                                    .offset(offset)).all()
         return list(rows), int(count or 0)
 
-    def get(self, name: str) -> EncoderRow | None:
+    def get(self, name: str, reader: Reader = ANONYMOUS) -> EncoderRow | None:
+        """The repository `owner/name`, if this reader may see it."""
         with self.sessions() as session:
             return session.scalars(
                 select(EncoderRow).where(EncoderRow.name == name)
+                .where(visible(reader, EncoderRow.owner, EncoderRow.private))
                 .options(selectinload(EncoderRow.revisions).selectinload(RevisionRow.files))
             ).first()
 
-    def revision(self, name: str, revision: str | int | None) -> RevisionRow | None:
-        """Resolve a revision given as None/'main' (latest), a number, or a commit id."""
+    def revision(self, name: str, revision: str | int | None,
+                 reader: Reader = ANONYMOUS) -> RevisionRow | None:
+        """Resolve a revision given as None/'main' (latest), a number, or a commit id, in a
+        repository this reader may see."""
         with self.sessions() as session:
             query = (select(RevisionRow).join(EncoderRow).where(EncoderRow.name == name)
+                     .where(visible(reader, EncoderRow.owner, EncoderRow.private))
                      .options(selectinload(RevisionRow.files),
                               selectinload(RevisionRow.encoder)))
             rev = str(revision) if revision is not None else "main"
@@ -325,13 +373,25 @@ class Registry:
                 return None
             return session.scalars(query.limit(1)).first()
 
-    def names(self) -> list[str]:
+    def names(self, reader: Reader = ANONYMOUS) -> list[str]:
+        """Repository ids this reader may see (for 'did you mean' hints: never others')."""
         with self.sessions() as session:
-            return list(session.scalars(select(EncoderRow.name)).all())
+            return list(session.scalars(select(EncoderRow.name).where(
+                visible(reader, EncoderRow.owner, EncoderRow.private))).all())
 
-    def generation(self) -> tuple[int, int]:
-        """Changes whenever a revision is added, by any process."""
+    def set_private(self, name: str, private: bool) -> None:
+        with self.sessions.begin() as session:
+            row = session.scalars(select(EncoderRow).where(EncoderRow.name == name)).one()
+            row.private = private
+
+    def generation(self) -> tuple[int, int, int]:
+        """Changes whenever a revision is added or a repository's visibility changes, by
+        any process: (revision count, newest revision id, a digest of the private
+        repositories). Whoever caches what readers may see (the API's index of public
+        encoders for recommendations) must refresh on both."""
         with self.sessions() as session:
             count, top = session.execute(
                 select(func.count(RevisionRow.id), func.max(RevisionRow.id))).one()
-        return int(count or 0), int(top or 0)
+            hidden = session.scalars(select(EncoderRow.id).where(EncoderRow.private)
+                                     .order_by(EncoderRow.id)).all()
+        return int(count or 0), int(top or 0), hash(tuple(hidden))

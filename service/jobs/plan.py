@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from rules import Engine, TaskProfile
 from rules.recommendation import AvoidedAugmentation, FinetuneDefaults, Sourced
+from zoo.access import ORG, default_owner
 from zoo.cards import NAME_PATTERN, slug
 from zoo.catalog import DatasetRow, RevisionRow
 from zoo.presets import preset_for
@@ -74,7 +75,11 @@ class JobCreate(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     method: str | None = Field(None, description="Pretext method id (pretrain).")
     name: str | None = Field(None, max_length=96, description="Name of the new encoder "
-                             "(pretrain); default arch-Nd.method-dataset-jobID.")
+                             "(pretrain), in the caller's namespace; default "
+                             "arch-Nd.method-dataset-jobID.")
+    private: bool = Field(True, description="Whether the resulting encoder repository is "
+                          "private. It is derived from the caller's private dataset, so it "
+                          "is private unless this is set to false.")
 
 
 class DatasetFacts(BaseModel):
@@ -107,7 +112,11 @@ class FinetunePlan(BaseModel):
 
     encoder: str
     encoder_revision: str
+    encoder_commit: str | None = Field(None, description="The exact revision resolved at "
+                                       "submission; older plans lack it.")
     dataset_id: int
+    namespace: str = ORG
+    private: bool = True
     mode: Literal["linear_probe", "full"]
     label_fraction: float
     seed: int
@@ -124,6 +133,8 @@ class PretrainPlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dataset_id: int
+    namespace: str = ORG
+    private: bool = True
     method: str
     architecture: dict[str, Any]
     profile: dict[str, Any]
@@ -170,18 +181,21 @@ def plan_job(spec: JobCreate, user: User, registry: Registry,
     with registry.sessions() as session:
         dataset = owned_dataset(session, spec.dataset_id, user)
     check_limits(spec)
+    # Results go to the caller's namespace, with the visibility asked for.
+    where = {"namespace": default_owner(user), "private": spec.private}
     if spec.type == "pretrain":
         given = given_full_only(spec)
         if given:
             raise InvalidJob(given[0], f"{', '.join(given)} only apply to finetune jobs")
-        return plan_pretrain(spec, dataset)
+        return plan_pretrain(spec, dataset).model_copy(update=where)
     if not spec.encoder:
         raise InvalidJob("encoder", "finetune jobs need an encoder from the zoo")
-    revision = registry.revision(spec.encoder, spec.encoder_revision)
+    revision = registry.revision(spec.encoder, spec.encoder_revision, user)
     if revision is None:
         raise InvalidJob("encoder", f"unknown encoder '{spec.encoder}' (revision "
-                                 f"{spec.encoder_revision or 'latest'}); see GET /v1/encoders")
-    return plan_finetune(spec, dataset, revision, engine)
+                                 f"{spec.encoder_revision or 'latest'}); ids are owner/name, "
+                                 "see GET /v1/encoders")
+    return plan_finetune(spec, dataset, revision, engine).model_copy(update=where)
 
 
 def check_compatible(encoder: str, card: dict[str, Any], dataset: DatasetFacts) -> None:
@@ -237,6 +251,7 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
                                        f"linear_probe {how} (set mode to full to use them)")
     return FinetunePlan(
         encoder=spec.encoder or "", encoder_revision=str(revision.number),
+        encoder_commit=revision.commit,
         dataset_id=dataset.id, label_fraction=spec.label_fraction, seed=spec.seed,
         device=spec.device, **values,
         auto={"label_regime": defaults.label_regime,

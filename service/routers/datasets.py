@@ -15,8 +15,9 @@ from ..auth import UserDep
 from ..datasets import NAME, DatasetPath, DatasetPublic, InvalidDataset
 from ..deps import SettingsDep, ZooDep
 from ..pagination import Limit, Offset, Page, RowId
+from ..responses import MEDIA_TYPE, NOT_FOUND, TOKEN, error
 
-router = APIRouter(prefix="/datasets", tags=["datasets"])
+router = APIRouter(prefix="/datasets", tags=["datasets"], responses=TOKEN)
 
 UPLOAD_SCHEMA = {"requestBody": {"content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["file", "name"],
@@ -28,7 +29,8 @@ UPLOAD_SCHEMA = {"requestBody": {"content": {
     "application/json": {"schema": DatasetPath.model_json_schema()}}}}
 
 
-@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_SCHEMA)
+@router.post("", status_code=201, response_model=DatasetPublic, openapi_extra=UPLOAD_SCHEMA,
+             responses={**MEDIA_TYPE, **error((409, "You already have a dataset of that name"))})
 async def create_dataset(request: Request, user: UserDep, zoo: ZooDep,
                          settings: SettingsDep) -> DatasetPublic:
     """Upload an npz or a zip of images with labels.csv, or register a readable path."""
@@ -39,7 +41,7 @@ async def create_dataset(request: Request, user: UserDep, zoo: ZooDep,
         except ValidationError as err:  # the same 422 body as any request validation
             raise RequestValidationError(err.errors(), body=None) from None
         modality = datasets.normalise_modality(spec.modality)
-        dataset = await run_in_threadpool(datasets.load_path, spec, settings)
+        dataset = await run_in_threadpool(datasets.load_path, spec, settings, user)
         return await run_in_threadpool(datasets.store, zoo, user.name, spec.name, "path",
                                        dataset, None, str(Path(spec.path).resolve()),
                                        modality)
@@ -71,7 +73,7 @@ async def list_datasets(user: UserDep, zoo: ZooDep, limit: Limit = 100,
     return Page[DatasetPublic](data=rows, count=count)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND)
 async def get_dataset(dataset_id: RowId, user: UserDep, zoo: ZooDep) -> DatasetPublic:
     """Counts per split and class, image size, channels, dims."""
     return await run_in_threadpool(datasets.owned, zoo, dataset_id, user)

@@ -7,15 +7,17 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from zoo.cards import FileEntry, StoredCard, is_pickle_name
+from zoo.access import OWNER_PATTERN, Reader, default_owner, may_write, repo_id
+from zoo.cards import NAME_PATTERN, FileEntry, StoredCard, is_pickle_name
 from zoo.catalog import EncoderRow, FileRow, RevisionRow
 from zoo.embed import ImageError, decode, embed
 from zoo.registry import ONNX, prepare
 
-from ..auth import UserDep
+from ..auth import ReaderDep, UserDep
 from ..deps import EngineDep, SettingsDep, ZooDep
 from ..errors import not_found
 from ..files import blob_response
@@ -32,8 +34,16 @@ class InvalidUpload(Invalid):
     code = "invalid_upload"
 
 
+Owner = Annotated[str, PathParam(pattern=OWNER_PATTERN, max_length=64,
+                                 description="Namespace: a user, or taskalign for the seed zoo.")]
+Name = Annotated[str, PathParam(pattern=NAME_PATTERN, max_length=96,
+                                description="arch.tag, e.g. resnet18-2d.simclr-pneumoniamnist")]
+
+
 class EncoderSummary(BaseModel):
-    name: str
+    name: str = Field(description="Repository id owner/name.")
+    owner: str
+    private: bool
     architecture: str
     modality: str
     method_id: str
@@ -59,6 +69,12 @@ class EncoderDetail(EncoderSummary):
     revisions: list[RevisionPublic]
 
 
+class EncoderUpdate(BaseModel):
+    model_config = {"extra": "forbid"}
+
+    private: bool = Field(description="Whether only the owner (and admins) can see it.")
+
+
 class ImageFeatures(BaseModel):
     image: str
     features: list[float]
@@ -76,9 +92,16 @@ def summary(row: EncoderRow) -> EncoderSummary:
     return EncoderSummary.model_validate(row, from_attributes=True)
 
 
-@router.get("", response_model=Page[EncoderSummary])
+NOT_VISIBLE = {404: {"description": "No such repository, or not visible to this caller "
+                                   "(the two answer the same)"}}
+BAD_TOKEN = {401: {"description": "A token was sent and is unknown"}}
+
+
+@router.get("", response_model=Page[EncoderSummary], responses={**BAD_TOKEN})
 def list_encoders(
     zoo: ZooDep,
+    reader: ReaderDep,
+    owner: str | None = Query(None, max_length=64, description="Only this namespace."),
     modality: str | None = None,
     method: str | None = Query(None, description="Pretext method id, e.g. simclr."),
     family: str | None = None,
@@ -87,58 +110,94 @@ def list_encoders(
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[EncoderSummary]:
-    """Encoders in the zoo, filtered and paginated."""
-    rows, count = zoo.registry.list(modality=modality, method=method, family=family, dims=dims,
-                                    q=q, limit=limit, offset=offset)
+    """Encoder repositories this caller may see (public ones, plus a user's own private
+    ones), filtered and paginated."""
+    rows, count = zoo.registry.list(reader=reader, owner=owner, modality=modality,
+                                    method=method, family=family, dims=dims, q=q, limit=limit,
+                                    offset=offset)
     return Page[EncoderSummary](data=[summary(r) for r in rows], count=count)
 
 
-@router.get("/{name}", response_model=EncoderDetail)
-def get_encoder(name: str, zoo: ZooDep) -> EncoderDetail:
-    """An encoder's latest card, and every revision with its files."""
-    row = zoo.registry.get(name)
+def visible_repo(zoo: ZooState, repo: str, reader: Reader) -> EncoderRow:
+    row = zoo.registry.get(repo, reader)
     if row is None:
-        raise not_found("encoder", name, zoo.registry.names())
+        raise not_found("encoder", repo, zoo.registry.names(reader))
+    return row
+
+
+def detail(row: EncoderRow) -> EncoderDetail:
     revisions = [RevisionPublic(revision=r.number, commit=r.commit, created_at=r.created_at,
                                 files={f.filename: FileEntry(sha256=f.sha256, size=f.size)
                                        for f in r.files})
                  for r in row.revisions]
+    card = StoredCard.model_validate(row.revisions[-1].card)
     return EncoderDetail(**summary(row).model_dump(),
-                         card=StoredCard.model_validate(row.revisions[-1].card),
+                         card=card.model_copy(update={"repo_id": row.name}),
                          revisions=revisions)
 
 
-def resolve_file(zoo: ZooState, name: str, revision: str | None,
-                 filename: str) -> tuple[RevisionRow, FileRow]:
-    rev = zoo.registry.revision(name, revision)
+@router.get("/{owner}/{name}", response_model=EncoderDetail,
+            responses={**NOT_VISIBLE, **BAD_TOKEN})
+def get_encoder(owner: Owner, name: Name, zoo: ZooDep, reader: ReaderDep) -> EncoderDetail:
+    """A repository's latest card, and every revision with its files."""
+    return detail(visible_repo(zoo, repo_id(owner, name), reader))
+
+
+@router.patch("/{owner}/{name}", response_model=EncoderDetail,
+              responses={**NOT_VISIBLE, 403: {"description": "Not the owner or an admin"}})
+def update_encoder(owner: Owner, name: Name, change: EncoderUpdate, zoo: ZooDep,
+                   user: UserDep) -> EncoderDetail:
+    """Make a repository public or private (its owner or an admin)."""
+    repo = repo_id(owner, name)
+    visible_repo(zoo, repo, user)
+    if not may_write(user, owner):
+        raise HTTPException(403, f"only {owner} or an admin may change {repo}")
+    zoo.registry.set_private(repo, change.private)
+    zoo.invalidate()
+    return detail(visible_repo(zoo, repo, user))
+
+
+@router.get("/{name}", include_in_schema=False)
+def bare_name(name: str, zoo: ZooDep, reader: ReaderDep) -> None:
+    """Encoder names became `owner/name`: point old links at the repository id."""
+    raise not_found("encoder", name, zoo.registry.names(reader))
+
+
+def resolve_file(zoo: ZooState, repo: str, revision: str | None, filename: str,
+                 reader: Reader) -> tuple[RevisionRow, FileRow]:
+    rev = zoo.registry.revision(repo, revision, reader)
     if rev is None:
-        if zoo.registry.get(name) is None:
-            raise not_found("encoder", name, zoo.registry.names())
-        raise HTTPException(404, f"encoder '{name}' has no revision '{revision}'")
+        visible_repo(zoo, repo, reader)
+        raise HTTPException(404, f"encoder '{repo}' has no revision '{revision}'")
     entry = next((f for f in rev.files if f.filename == filename), None)
     if entry is None:
         raise not_found("file", filename, [f.filename for f in rev.files])
     return rev, entry
 
 
-FILE = "/{name}/files/{filename}"
+FILE = "/{owner}/{name}/files/{filename}"
 
 
 @router.get(FILE, response_class=Response, responses={200: {
     "description": "The file's bytes (Range, ETag = sha256, X-Taskalign-Revision)",
-    "content": {"application/octet-stream": {}}}, 404: {"description": "Unknown file"}})
+    "content": {"application/octet-stream": {}}},
+    404: {"description": "Unknown repository (or not visible), revision or file"},
+    **BAD_TOKEN})
 @router.head(FILE, include_in_schema=False)  # clients check size and ETag first
-def download_file(name: str, filename: str, request: Request, zoo: ZooDep,
+def download_file(owner: Owner, name: Name, filename: str, request: Request, zoo: ZooDep,
+                  reader: ReaderDep,
                   revision: str | None = Query(None, description="Number or commit; "
                                                "default the latest.")) -> Response:
     """A file of a revision, with ETag (sha256), If-None-Match and Range support."""
-    rev, entry = resolve_file(zoo, name, revision, filename)
+    rev, entry = resolve_file(zoo, repo_id(owner, name), revision, filename, reader)
     return blob_response(request, zoo.store.path(entry.sha256), entry.sha256, filename,
                          {"x-taskalign-revision": str(rev.number), "x-repo-commit": rev.commit})
 
 
 @router.post("", status_code=201, response_model=StoredCard,
-             responses={409: {"description": "Identical to the latest revision"},
+             responses={401: {"description": "No token, or an unknown one"},
+                        403: {"description": "The namespace is not the caller's"},
+                        409: {"description": "Identical to the latest revision"},
                         413: {"description": "Upload too large"},
                         422: {"description": "Invalid card or weights"}})
 async def upload_encoder(
@@ -147,11 +206,20 @@ async def upload_encoder(
     engine: EngineDep,
     config: Annotated[UploadFile, File(description="config.json: the encoder card.")],
     weights: Annotated[UploadFile, File(description="model.safetensors")],
+    owner: Annotated[str | None, Form(description="Namespace; default the caller's own "
+                                      "(an admin's: taskalign). Only an admin may name "
+                                      "another.")] = None,
+    private: Annotated[bool | None, Form(description="Default: public for a new "
+                                         "repository, unchanged for an existing one.")] = None,
 ) -> StoredCard:
-    """Register new weights: checked against the architecture, exported to ONNX, verified.
-    A config.json downloaded from a zoo may be sent as it is: the fields the server computes
-    (revision, commit, created_at, feature_dim, onnx_parity_max_abs_diff, files) are
-    ignored and measured again."""
+    """Add a revision to the repository `owner/<card name>`: the weights are checked against
+    the architecture, exported to ONNX, verified. A config.json downloaded from a zoo may be
+    sent as it is: the fields the server computes (repo_id, revision, commit, created_at,
+    feature_dim, onnx_parity_max_abs_diff, files) are ignored and measured again."""
+    owner = owner or default_owner(user)
+    if not may_write(user, owner):
+        raise HTTPException(403, f"you may publish under '{user.name}/' only; '{owner}/' "
+                                 "belongs to another user")
     if weights.filename and is_pickle_name(weights.filename):
         raise InvalidUpload("weights", f"'{weights.filename}' looks like a pickle checkpoint; "
                             "these are refused. Save the state dict with "
@@ -170,7 +238,8 @@ async def upload_encoder(
                             "see GET /v1/methods", "unknown_method")
     data = await weights.read()
     prepared = await run_in_threadpool(prepare, card_data, data)
-    stored = await run_in_threadpool(zoo.registry.register, prepared, method.family)
+    stored = await run_in_threadpool(zoo.registry.register, prepared, method.family,
+                                     owner=owner, private=private)
     zoo.invalidate()
     return stored
 
@@ -188,10 +257,14 @@ def decode_all(files: list[tuple[str, bytes]], card: StoredCard
     return arrays, problems
 
 
-@router.post("/{name}/embed", response_model=EmbedResponse)
+@router.post("/{owner}/{name}/embed", response_model=EmbedResponse,
+             responses={**NOT_VISIBLE, **BAD_TOKEN, 413: {"description": "Request too large"},
+                        422: {"description": "Bad images, or too many values"}})
 async def embed_images(
-    name: str,
+    owner: Owner,
+    name: Name,
     zoo: ZooDep,
+    reader: ReaderDep,
     settings: SettingsDep,
     images: Annotated[list[UploadFile], File(description="PNG or NPY images, one per part.")],
     revision: Annotated[str | None, Form()] = None,
@@ -199,7 +272,8 @@ async def embed_images(
     """Feature vectors for a batch of images, computed with onnxruntime."""
     if len(images) > MAX_IMAGES:
         raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
-    rev, entry = resolve_file(zoo, name, revision, ONNX)
+    repo = repo_id(owner, name)
+    rev, entry = resolve_file(zoo, repo, revision, ONNX, reader)
     card = StoredCard.model_validate(rev.card)
     per_image, budget = card.in_channels * math.prod(card.input_size), settings.max_embed_values
     if per_image * len(images) > budget:
@@ -215,7 +289,7 @@ async def embed_images(
     image_names = [image for image, _ in files]
     session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
     features = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
-    return EmbedResponse(name=name, revision=rev.number, feature_dim=int(features.shape[1]),
+    return EmbedResponse(name=repo, revision=rev.number, feature_dim=int(features.shape[1]),
                          data=[ImageFeatures(image=n, features=f.tolist())
                                for n, f in zip(image_names, features, strict=True)],
                          count=len(image_names))

@@ -1,27 +1,45 @@
 """The read side of the Hugging Face Hub protocol, so that `hf_hub_download` and
 `snapshot_download(endpoint=<server>/hf)` work against the zoo unchanged.
 
-Repository ids are `taskalign/<encoder name>` (or the bare name); revisions are `main`,
-a revision number, or the revision's 40-hex commit id.
+Repository ids are `owner/name`, the zoo's own (seed encoders under `taskalign/`);
+revisions are `main`, a revision number, or the revision's 40-hex commit id. A private
+repository answers only its owner's (or an admin's) token, and to anyone else exactly like
+an unknown one.
 """
 
 from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 
+from zoo.access import ANONYMOUS, ORG, Principal, Reader
 from zoo.catalog import RevisionRow
 
+from ..auth import User, bearer, find_user
 from ..deps import ZooDep
 from ..files import blob_response
 
 router = APIRouter(prefix="/hf", tags=["huggingface"])
-ORG = "taskalign"
+
+
+async def hub_reader(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> User | Principal:
+    """The caller, by token. huggingface_hub sends whatever token its machine is logged in
+    with (often a huggingface.co one) to every endpoint; an unknown token therefore reads
+    as anonymous here, which sees public repositories only, rather than as an error."""
+    token = credentials.credentials if credentials else ""
+    return (find_user(request, token) if token else None) or ANONYMOUS
+
+
+HubReader = Annotated[User | Principal, Depends(hub_reader)]
 
 
 class HfModel(BaseModel):
@@ -96,20 +114,13 @@ def hub_error(code: str, message: str) -> JSONResponse:
                         headers={"X-Error-Code": code, "X-Error-Message": header})
 
 
-def _name(repo_id: str) -> str | None:
-    org, _, name = repo_id.rpartition("/")
-    if org not in ("", ORG) or "/" in org:
-        return None
-    return name
-
-
-def _lookup(zoo: ZooDep, repo_id: str, revision: str | None) -> RevisionRow | JSONResponse:
+def _lookup(zoo: ZooDep, repo_id: str, revision: str | None,
+            reader: Reader) -> RevisionRow | JSONResponse:
     """The revision, or the Hub-style 404 to return."""
-    name = _name(repo_id)
-    if name is None or zoo.registry.get(name) is None:
+    if zoo.registry.get(repo_id, reader) is None:
         return hub_error("RepoNotFound", f"repository '{repo_id}' not found; ids are "
-                                      f"'{ORG}/<encoder name>'")
-    rev = zoo.registry.revision(name, revision)
+                                      f"'owner/name' (seed encoders: '{ORG}/<name>')")
+    rev = zoo.registry.revision(repo_id, revision, reader)
     if rev is None:
         return hub_error("RevisionNotFound", f"revision '{revision}' not found in '{repo_id}'")
     return rev
@@ -126,6 +137,7 @@ def _info(repo_id: str, rev: RevisionRow) -> HfModelInfo:
     card = rev.card
     return HfModelInfo(
         object_id=rev.commit[:24], id=repo_id, model_id=repo_id, sha=rev.commit,
+        author=rev.encoder.owner, private=rev.encoder.private,
         last_modified=_hub_time(rev.created_at), created_at=_hub_time(rev.created_at),
         tags=["medical-imaging", card.get("modality", ""),
               card.get("pretext", {}).get("method_id", "")],
@@ -136,17 +148,19 @@ def _info(repo_id: str, rev: RevisionRow) -> HfModelInfo:
 
 @router.get("/api/models/{repo_id:path}/revision/{revision}", response_model=HfModelInfo,
             responses=NOT_FOUND)
-def model_info_at(repo_id: str, revision: str, zoo: ZooDep) -> HfModelInfo | JSONResponse:
+def model_info_at(repo_id: str, revision: str, zoo: ZooDep,
+                  reader: HubReader) -> HfModelInfo | JSONResponse:
     """Model info at a revision (HfApi.model_info / repo_info)."""
-    rev = _lookup(zoo, repo_id, revision)
+    rev = _lookup(zoo, repo_id, revision, reader)
     return rev if isinstance(rev, JSONResponse) else _info(repo_id, rev)
 
 
 @router.get("/api/models/{repo_id:path}/tree/{revision}", response_model=list[HfTreeEntry],
             responses=NOT_FOUND)
-def model_tree(repo_id: str, revision: str, zoo: ZooDep) -> list[HfTreeEntry] | JSONResponse:
+def model_tree(repo_id: str, revision: str, zoo: ZooDep,
+               reader: HubReader) -> list[HfTreeEntry] | JSONResponse:
     """Files of a revision (HfApi.list_repo_tree, used by snapshot_download)."""
-    rev = _lookup(zoo, repo_id, revision)
+    rev = _lookup(zoo, repo_id, revision, reader)
     if isinstance(rev, JSONResponse):
         return rev
     return [HfTreeEntry(path=f.filename, size=f.size,
@@ -156,9 +170,10 @@ def model_tree(repo_id: str, revision: str, zoo: ZooDep) -> list[HfTreeEntry] | 
 
 
 @router.get("/api/models/{repo_id:path}", response_model=HfModelInfo, responses=NOT_FOUND)
-def model_info(repo_id: str, zoo: ZooDep) -> HfModelInfo | JSONResponse:
+def model_info(repo_id: str, zoo: ZooDep,
+                  reader: HubReader) -> HfModelInfo | JSONResponse:
     """Model info at the latest revision."""
-    rev = _lookup(zoo, repo_id, None)
+    rev = _lookup(zoo, repo_id, None, reader)
     return rev if isinstance(rev, JSONResponse) else _info(repo_id, rev)
 
 
@@ -170,9 +185,9 @@ RESOLVE = "/{repo_id:path}/resolve/{revision}/{filename}"
     "content": {"application/octet-stream": {}}}})
 @router.head(RESOLVE, include_in_schema=False)  # hf_hub_download asks HEAD first
 def resolve(repo_id: str, revision: str, filename: str, request: Request,
-            zoo: ZooDep) -> Response:
+            zoo: ZooDep, reader: HubReader) -> Response:
     """A file download as hf_hub_download expects it (commit and ETag headers, Range)."""
-    rev = _lookup(zoo, repo_id, revision)
+    rev = _lookup(zoo, repo_id, revision, reader)
     if isinstance(rev, JSONResponse):
         return rev
     entry = next((f for f in rev.files if f.filename == filename), None)

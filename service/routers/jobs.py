@@ -19,8 +19,9 @@ from ..jobs import queue, submission
 from ..jobs.models import TERMINAL, JobEventRow, JobRow
 from ..jobs.plan import JobCreate
 from ..pagination import After, Limit, Offset, Page, RowId
+from ..responses import NOT_FOUND, TOKEN, error
 
-router = APIRouter(prefix="/jobs", tags=["jobs"])
+router = APIRouter(prefix="/jobs", tags=["jobs"], responses=TOKEN)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
@@ -66,7 +67,8 @@ class JobEventPublic(BaseModel):
         return value.isoformat()
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic,
+             responses=error((409, "The Idempotency-Key was used for another request")))
 async def submit_job(spec: JobCreate, user: UserDep, zoo: ZooDep, engine: EngineDep,
                      idempotency_key: str | None = Header(None, max_length=128)) -> JobPublic:
     """Queue a job; repeat the same Idempotency-Key to get the same job back."""
@@ -83,7 +85,7 @@ async def list_jobs(user: UserDep, zoo: ZooDep, status: Status | None = None,
     return Page[JobPublic](data=[JobPublic.from_row(r) for r in rows], count=count)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
 async def get_job(job_id: RowId, user: UserDep, zoo: ZooDep) -> JobPublic:
     """Status, progress (epoch, totals, ETA), latest metrics, error, result."""
     job = await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
@@ -96,7 +98,7 @@ def _sse(event: JobEventRow) -> str:
 
 
 @router.get("/{job_id}/events", response_model=Page[JobEventPublic],
-            responses={200: {"content": {"text/event-stream": {}}}})
+            responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND})
 async def job_events(job_id: RowId, request: Request, user: UserDep, zoo: ZooDep,
                      after: After = 0, limit: Limit = 100
                      ) -> Page[JobEventPublic] | StreamingResponse:
@@ -128,7 +130,8 @@ async def job_events(job_id: RowId, request: Request, user: UserDep, zoo: ZooDep
                              headers={"cache-control": "no-cache"})
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
+@router.post("/{job_id}/cancel", response_model=JobPublic,
+             responses={**NOT_FOUND, **error((409, "The job has already ended"))})
 async def cancel_job(job_id: RowId, user: UserDep, zoo: ZooDep) -> JobPublic:
     """Cancel: a queued job ends at once; a running one is stopped within seconds."""
     await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
@@ -136,7 +139,7 @@ async def cancel_job(job_id: RowId, user: UserDep, zoo: ZooDep) -> JobPublic:
     return JobPublic.from_row(job)
 
 
-@router.get("/{job_id}/logs", response_class=PlainTextResponse)
+@router.get("/{job_id}/logs", response_class=PlainTextResponse, responses=NOT_FOUND)
 async def job_logs(job_id: RowId, user: UserDep, zoo: ZooDep, settings: SettingsDep) -> str:
     """The runner's output, every attempt in order (from Ray for Ray-run jobs)."""
     job = await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)

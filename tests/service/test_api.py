@@ -146,8 +146,12 @@ async def test_rules_references_matrix(client: httpx.AsyncClient) -> None:
 async def test_openapi_documents_versioned_routes(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     for path in ("/v1/recommendations", "/v1/methods", "/v1/methods/{method_id}", "/v1/rules",
-                 "/v1/references", "/v1/alignment-matrix", "/healthz"):
+                 "/v1/references", "/v1/alignment-matrix", "/healthz", "/v1/encoders",
+                 "/v1/encoders/{owner}/{name}", "/v1/encoders/{owner}/{name}/files/{filename}",
+                 "/v1/encoders/{owner}/{name}/embed"):
         assert path in spec["paths"]
+    assert "patch" in spec["paths"]["/v1/encoders/{owner}/{name}"]
+    assert "/v1/encoders/{name}" not in spec["paths"]  # the bare-name hint is undocumented
     assert (await client.get("/docs")).status_code == 200
 
 
@@ -233,9 +237,10 @@ async def test_openapi_names_response_models(client: httpx.AsyncClient) -> None:
 @pytest.mark.parametrize(("method", "path", "limit"), [
     ("POST", "/v1/encoders", 200_000),                 # uploads
     ("POST", "/v1/datasets", 200_000),
-    ("POST", "/v1/encoders/resnet18-2d.x/embed", 50_000),  # the most specific route wins
+    ("POST", "/v1/encoders/taskalign/resnet18-2d.x/embed", 50_000),  # the most specific wins
     ("POST", "/v1/recommendations", 4096),             # everything else
-    ("POST", "/v1/encoders/resnet18-2d.x/other", 4096),
+    ("POST", "/v1/encoders/taskalign/resnet18-2d.x/other", 4096),
+    ("POST", "/v1/encoders/resnet18-2d.x/embed", 4096),  # a bare name is no repository id
 ])
 def test_each_route_gets_its_own_body_limit(method: str, path: str, limit: int) -> None:
     async def app(scope: dict, receive: object, send: object) -> None:  # never reached
@@ -243,7 +248,7 @@ def test_each_route_gets_its_own_body_limit(method: str, path: str, limit: int) 
 
     limits = BodySizeLimit(app, 4096, overrides=[
         ("POST", "/v1/encoders", 200_000), ("POST", "/v1/datasets", 200_000),
-        ("POST", "/v1/encoders/*/embed", 50_000)])
+        ("POST", "/v1/encoders/*/*/embed", 50_000)])
     assert limits.limit_for(method, path) == limit
 
 
@@ -253,6 +258,6 @@ async def test_embed_body_over_its_limit_gets_413(tmp_path: Path) -> None:
     app = create_app(settings)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://testserver") as c:
-        r = await c.post("/v1/encoders/resnet18-2d.nope/embed",
+        r = await c.post("/v1/encoders/taskalign/resnet18-2d.nope/embed",
                          files={"images": ("a.npy", b"\0" * 8192)})
     assert r.status_code == 413 and r.json()["limit_bytes"] == 4096

@@ -23,6 +23,7 @@ def settings(tmp_path: Path, **values: str) -> Settings:
     ({"api_tokens": "alice=short"}, "at least 16 characters"),
     ({"admin_tokens": "short-admin"}, "at least 16 characters"),
     ({"api_tokens": f"admin={GOOD}"}, "'admin' is reserved"),
+    ({"api_tokens": f"taskalign={GOOD}"}, "'taskalign' is reserved"),  # the seed namespace
     ({"api_tokens": f"Alice Smith={GOOD}"}, "user names in lower case"),
     ({"api_tokens": f"alice={GOOD},bob={GOOD}"}, "given to both alice and bob"),
     ({"api_tokens": f"alice={GOOD}", "admin_tokens": GOOD}, "given to both alice and admin"),

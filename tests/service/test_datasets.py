@@ -15,7 +15,7 @@ import pytest
 
 from service.config import Settings
 from service.main import create_app
-from tests.utils import DATA_DIR, medmnist, png_bytes
+from tests.utils import DATA_DIR, medmnist, png_bytes, user_dataset
 
 pytestmark = pytest.mark.anyio
 ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789", "admin-token-0123456789"
@@ -146,17 +146,30 @@ async def test_oversize_and_token(api) -> None:  # noqa: ANN001
 
 
 async def test_register_path_inside_data_dir_only(api, tmp_path: Path) -> None:  # noqa: ANN001
-    client, _ = api
+    """An admin registers paths under the data dir; any other user only under their own
+    TASKALIGN_HOME/datasets/<name>/, never under the data dir or another user's folder."""
+    client, home = api
+    source = DATA_DIR / "medmnist" / "pneumoniamnist.npz"
+    ok = await client.post("/v1/datasets", headers=auth(ADMIN), json={
+        "name": "pneumonia", "path": str(source), "modality": "cxr"})
+    assert ok.status_code == 201, ok.text
+    assert ok.json()["kind"] == "path" and ok.json()["modality"] == "xray"
+    mine = user_dataset(home, "bob", source)
     ok = await client.post("/v1/datasets", headers=auth(BOB), json={
-        "name": "pneumonia", "path": str(DATA_DIR / "medmnist" / "pneumoniamnist.npz"),
-        "modality": "cxr"})
+        "name": "pneumonia", "path": str(mine), "modality": "cxr"})
     assert ok.status_code == 201, ok.text
     assert ok.json()["kind"] == "path" and ok.json()["modality"] == "xray"
     outside = tmp_path / "x.npz"
     outside.write_bytes((DATA_DIR / "medmnist" / "breastmnist.npz").read_bytes())
-    bad = await client.post("/v1/datasets", headers=auth(BOB),
-                            json={"name": "sneaky", "path": str(outside)})
-    assert bad.status_code == 422 and "must lie under" in json.dumps(bad.json())
+    theirs = user_dataset(home, "alice", DATA_DIR / "medmnist" / "breastmnist.npz")
+    before = await rows(client)
+    for path in (outside, source, theirs, home / "datasets" / "bob" / ".." / "alice"):
+        bad = await client.post("/v1/datasets", headers=auth(BOB),
+                                json={"name": "sneaky", "path": str(path)})
+        assert bad.status_code == 422, (path, bad.text)
+        assert "must lie under" in json.dumps(bad.json())
+        assert str(home / "datasets" / "bob") in json.dumps(bad.json())  # where they may
+    assert await rows(client) == before
 
 
 async def test_owners_see_their_own(api) -> None:  # noqa: ANN001

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from tests.conftest import Server
-from tests.utils import card, medmnist, npy_bytes, png_bytes, upload_files, weights
+from tests.utils import card, medmnist, npy_bytes, png_bytes, repo, upload_files, weights
 from zoo.architectures import build_encoder
 from zoo.export import onnx_session
 
@@ -25,6 +25,7 @@ TOKEN = "test-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 NAME_2D = "resnet18-2d.test-pneumoniamnist"
 NAME_3D = "resnet10-3d.test-adrenalmnist3d"
+REPO_2D, REPO_3D = repo(NAME_2D), repo(NAME_3D)  # admin uploads land under taskalign/
 
 
 @pytest.fixture(scope="module")
@@ -49,23 +50,30 @@ def blob_files(home: Path) -> set[str]:
 def test_list_filters_and_detail(zoo_server: dict[str, Any]) -> None:
     url = zoo_server["url"]
     body = httpx.get(f"{url}/v1/encoders").json()
-    assert body["count"] == 2 and {e["name"] for e in body["data"]} == {NAME_2D, NAME_3D}
+    assert body["count"] == 2 and {e["name"] for e in body["data"]} == {REPO_2D, REPO_3D}
+    assert {(e["owner"], e["private"]) for e in body["data"]} == {("taskalign", False)}
     only = httpx.get(f"{url}/v1/encoders", params={"dims": 3}).json()
-    assert [e["name"] for e in only["data"]] == [NAME_3D]
+    assert [e["name"] for e in only["data"]] == [REPO_3D]
     assert httpx.get(f"{url}/v1/encoders", params={"method": "simclr"}).json()["count"] == 1
     assert httpx.get(f"{url}/v1/encoders", params={"modality": "mri"}).json()["count"] == 0
     assert httpx.get(f"{url}/v1/encoders", params={"q": "ADRENAL"}).json()["count"] == 1
-    detail = httpx.get(f"{url}/v1/encoders/{NAME_2D}").json()
+    assert httpx.get(f"{url}/v1/encoders", params={"owner": "taskalign"}).json()["count"] == 2
+    assert httpx.get(f"{url}/v1/encoders", params={"owner": "alice"}).json()["count"] == 0
+    detail = httpx.get(f"{url}/v1/encoders/{REPO_2D}").json()
+    assert detail["name"] == detail["card"]["repo_id"] == REPO_2D
+    assert detail["card"]["name"] == NAME_2D
     assert detail["card"]["pretext"]["family"] == "contrastive_global"
     assert detail["card"]["feature_dim"] == 64
     files = detail["revisions"][0]["files"]
     assert set(files) == {"config.json", "README.md", "model.safetensors", "model.onnx"}
-    missing = httpx.get(f"{url}/v1/encoders/resnet18-2d.test-pneumoniamnst")
-    assert missing.status_code == 404 and NAME_2D in missing.json()["detail"]
+    missing = httpx.get(f"{url}/v1/encoders/taskalign/resnet18-2d.test-pneumoniamnst")
+    assert missing.status_code == 404 and f"did you mean '{REPO_2D}'" in missing.json()["detail"]
+    bare = httpx.get(f"{url}/v1/encoders/{NAME_2D}")  # a link from before owners existed
+    assert bare.status_code == 404 and f"did you mean '{REPO_2D}'" in bare.json()["detail"]
 
 
 def test_download_range_etag_304(zoo_server: dict[str, Any]) -> None:
-    url = f"{zoo_server['url']}/v1/encoders/{NAME_2D}/files/model.safetensors"
+    url = f"{zoo_server['url']}/v1/encoders/{REPO_2D}/files/model.safetensors"
     full = httpx.get(url)
     assert full.status_code == 200
     sha = hashlib.sha256(full.content).hexdigest()
@@ -90,7 +98,7 @@ def test_download_range_etag_304(zoo_server: dict[str, Any]) -> None:
                                                (NAME_3D, "adrenalmnist3d")])
 def test_onnx_parity_on_real_images(zoo_server: dict[str, Any], name: str,
                                     dataset: str, tmp_path: Path) -> None:
-    base = f"{zoo_server['url']}/v1/encoders/{name}/files"
+    base = f"{zoo_server['url']}/v1/encoders/{repo(name)}/files"
     c = zoo_server["cards"][name]
     model = build_encoder(c["architecture"]["name"], c["spatial_dims"], c["in_channels"],
                           c["input_size"], c["architecture"]["args"])
@@ -116,13 +124,13 @@ def test_embed_png_and_npy(zoo_server: dict[str, Any]) -> None:
              for i, im in enumerate(images[:2])]
     files += [("images", (f"img{i}.npy", npy_bytes(im), "application/octet-stream"))
               for i, im in enumerate(images[2:], start=2)]
-    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=files, timeout=60)
+    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{REPO_2D}/embed", files=files, timeout=60)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert body["count"] == 4 and body["feature_dim"] == 64
+    assert body["count"] == 4 and body["feature_dim"] == 64 and body["name"] == REPO_2D
     assert [d["image"] for d in body["data"]] == ["img0.png", "img1.png", "img2.npy", "img3.npy"]
     # PNG and NPY of the same pixels give the same features.
-    same = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=[
+    same = httpx.post(f"{zoo_server['url']}/v1/encoders/{REPO_2D}/embed", files=[
         ("images", ("a.png", png_bytes(images[0]), "image/png")),
         ("images", ("a.npy", npy_bytes(images[0]), "application/octet-stream"))]).json()
     assert np.allclose(same["data"][0]["features"], same["data"][1]["features"], atol=1e-6)
@@ -138,7 +146,7 @@ def test_embed_bad_images_named(zoo_server: dict[str, Any]) -> None:
              ("images", ("broken.png", b"\x89PNG not really", "image/png")),
              ("images", ("pickled.npy", obj.getvalue(), "x")),
              ("images", ("scan.dcm", b"DICM", "x"))]
-    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=files)
+    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{REPO_2D}/embed", files=files)
     assert r.status_code == 422
     problems = {p["image"]: p["msg"] for p in r.json()["detail"]}
     assert set(problems) == {"big.npy", "broken.png", "pickled.npy", "scan.dcm"}
@@ -162,7 +170,7 @@ def test_embed_refuses_huge_images_before_decoding(zoo_server: dict[str, Any]) -
     files = [("images", ("bomb.png", png_claiming(20_000, 20_000), "image/png")),
              ("images", ("big.png", png_claiming(9_000, 9_000), "image/png")),
              ("images", ("huge.npy", npy_bytes(np.zeros((3000, 3000), np.uint8)), "x"))]
-    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{NAME_2D}/embed", files=files)
+    r = httpx.post(f"{zoo_server['url']}/v1/encoders/{REPO_2D}/embed", files=files)
     assert r.status_code == 422, r.text
     problems = {p["image"]: p["msg"] for p in r.json()["detail"]}
     assert "declares an image far too large" in problems["bomb.png"]
@@ -175,12 +183,12 @@ def test_recommendation_lists_matching_encoders(zoo_server: dict[str, Any]) -> N
     r = httpx.post(f"{zoo_server['url']}/v1/recommendations",
                    json={"task": "classification", "modality": "xray", "label_regime": "low"})
     encoders = r.json()["encoders"]
-    assert [e["name"] for e in encoders] == [NAME_2D]  # the 3D encoder does not fit 2D
+    assert [e["name"] for e in encoders] == [REPO_2D]  # the 3D encoder does not fit 2D
     assert any("pretrained with simclr" in reason for reason in encoders[0]["reasons"])
     assert any("pretrained on xray" in reason for reason in encoders[0]["reasons"])
     r3 = httpx.post(f"{zoo_server['url']}/v1/recommendations",
                     json={"task": "segmentation", "modality": "ct", "label_regime": "low"})
-    assert [e["name"] for e in r3.json()["encoders"]] == [NAME_3D]
+    assert [e["name"] for e in r3.json()["encoders"]] == [REPO_3D]
 
 
 def _refused(zoo_server: dict[str, Any], files: dict, headers: dict | None = None
@@ -229,7 +237,8 @@ def test_new_revision_keeps_old_downloadable(zoo_server: dict[str, Any]) -> None
     new = weights(c, seed=11)
     r = httpx.post(f"{url}/v1/encoders", files=upload_files(c, new), headers=AUTH, timeout=120)
     assert r.status_code == 201 and r.json()["revision"] == 2
-    base = f"{url}/v1/encoders/{NAME_2D}/files/model.safetensors"
+    assert r.json()["repo_id"] == REPO_2D
+    base = f"{url}/v1/encoders/{REPO_2D}/files/model.safetensors"
     assert httpx.get(base).content == new
     assert httpx.get(base, params={"revision": 1}).content == zoo_server["weights"][NAME_2D]
     assert httpx.get(base, params={"revision": 7}).status_code == 404
@@ -251,8 +260,9 @@ def test_live_server_on_postgresql(tmp_path: Path) -> None:
                            headers=AUTH, timeout=120)
             assert r.status_code == 201, r.text
             listed = httpx.get(f"{server.url}/v1/encoders").json()
-            assert [e["name"] for e in listed["data"]] == [c["name"]]
-            got = httpx.get(f"{server.url}/v1/encoders/{c['name']}/files/model.safetensors")
+            assert [e["name"] for e in listed["data"]] == [repo(c["name"])]
+            got = httpx.get(f"{server.url}/v1/encoders/{repo(c['name'])}/files/"
+                            "model.safetensors")
             assert got.content == data
         finally:
             server.stop()
@@ -262,10 +272,10 @@ def test_downloaded_card_uploads_again_as_new_revision(zoo_server: dict[str, Any
     """config.json as served carries revision, files, feature_dim, parity: an upload
     ignores them and measures them anew."""
     url = zoo_server["url"]
-    files = f"{url}/v1/encoders/{NAME_3D}/files"
+    files = f"{url}/v1/encoders/{REPO_3D}/files"
     served = httpx.get(f"{files}/config.json").json()
     blob = httpx.get(f"{files}/model.safetensors").content
-    assert {"revision", "created_at", "feature_dim", "files"} <= set(served)
+    assert {"repo_id", "revision", "created_at", "feature_dim", "files"} <= set(served)
     unchanged = httpx.post(f"{url}/v1/encoders", files=upload_files(served, blob), headers=AUTH,
                            timeout=120)
     assert unchanged.status_code == 409, unchanged.text  # identical, not "extra inputs"
@@ -298,10 +308,10 @@ async def test_embed_request_holds_a_bounded_number_of_values(tmp_path: Path) ->
         images, _ = medmnist("pneumoniamnist", n=6)
         files = [("images", (f"{i}.png", png_bytes(im), "image/png"))
                  for i, im in enumerate(images)]
-        over = await client.post(f"/v1/encoders/{c['name']}/embed", files=files)
+        over = await client.post(f"/v1/encoders/{repo(c['name'])}/embed", files=files)
         assert over.status_code == 422
         assert "send at most 5 images of this size" in over.json()["detail"]
-        ok = await client.post(f"/v1/encoders/{c['name']}/embed", files=files[:5])
+        ok = await client.post(f"/v1/encoders/{repo(c['name'])}/embed", files=files[:5])
         assert ok.status_code == 200 and ok.json()["count"] == 5
 
 

@@ -70,6 +70,11 @@ def test_unknown_repo_and_file(source: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("taskalign/nope.none", "config.json", endpoint=f"{source['url']}/hf",
                         cache_dir=tmp_path)
+    with pytest.raises(RepositoryNotFoundError):  # ids are owner/name: bare names are unknown
+        hf_hub_download(NAME, "config.json", endpoint=f"{source['url']}/hf", cache_dir=tmp_path)
+    with pytest.raises(RepositoryNotFoundError):
+        hf_hub_download(f"alice/{NAME}", "config.json", endpoint=f"{source['url']}/hf",
+                        cache_dir=tmp_path)
     with pytest.raises(EntryNotFoundError):
         hf_hub_download(REPO, "pytorch_model.bin", endpoint=f"{source['url']}/hf",
                         cache_dir=tmp_path)
@@ -80,7 +85,7 @@ def test_load_encoder_online_then_offline(source: dict[str, Any], tmp_path: Path
 
     images, _ = medmnist("pneumoniamnist", n=4)
     x = torch.from_numpy(((images.astype(np.float32) / 255 - 0.5) / 0.5)[:, None])
-    online = load_encoder(NAME, endpoint=source["url"], cache_dir=tmp_path)
+    online = load_encoder(NAME, endpoint=source["url"], cache_dir=tmp_path)  # taskalign/NAME
     with torch.inference_mode():
         first = online(x)
     assert first.shape == (4, 64) and online.card.name == NAME
@@ -100,8 +105,9 @@ def test_pull_into_second_instance(source: dict[str, Any], tmp_path: Path) -> No
     mirror = Server(home, TASKALIGN_ADMIN_TOKENS=TOKEN)
     try:
         listed = httpx.get(f"{mirror.url}/v1/encoders").json()
-        assert [e["name"] for e in listed["data"]] == [NAME]
-        detail = httpx.get(f"{mirror.url}/v1/encoders/{NAME}").json()
+        assert [e["name"] for e in listed["data"]] == [REPO]  # `pull` registers under taskalign/
+        detail = httpx.get(f"{mirror.url}/v1/encoders/{REPO}").json()
+        assert detail["owner"] == "taskalign" and detail["private"] is False
         files = detail["revisions"][0]["files"]
         for name in ("model.safetensors", "model.onnx"):
             assert files[name]["sha256"] == source["stored"]["files"][name]["sha256"]
@@ -116,22 +122,23 @@ def test_pull_into_second_instance(source: dict[str, Any], tmp_path: Path) -> No
 
 def test_cli_download_and_export(source: dict[str, Any], tmp_path: Path) -> None:
     env = {**os.environ, "TASKALIGN_HOME": str(source["home"])}
-    out = subprocess.run([sys.executable, "-m", "service.cli", "zoo", "download", NAME,
+    out = subprocess.run([sys.executable, "-m", "service.cli", "zoo", "download", REPO,
                           "--endpoint", source["url"], "--dest", str(tmp_path / "dl")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     for name, entry in source["stored"]["files"].items():
-        assert sha(tmp_path / "dl" / NAME / name) == entry["sha256"]
-    out = subprocess.run([sys.executable, "-m", "service.cli", "zoo", "export", NAME,
+        assert sha(tmp_path / "dl" / REPO / name) == entry["sha256"]
+    out = subprocess.run([sys.executable, "-m", "service.cli", "zoo", "export", REPO,
                           "--out", str(tmp_path / "ex")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert sha(tmp_path / "ex" / "model.onnx") == \
         source["stored"]["files"]["model.onnx"]["sha256"]
+    # wide enough for repository ids (at 80 columns rich cuts them short with an ellipsis)
     listed = subprocess.run([sys.executable, "-m", "service.cli", "zoo", "list",
                              "--endpoint", source["url"]], capture_output=True, text=True,
-                            timeout=60)
-    assert listed.returncode == 0 and NAME in listed.stdout
+                            timeout=60, env={**os.environ, "COLUMNS": "160"})
+    assert listed.returncode == 0 and REPO in listed.stdout, listed.stdout
 
 
 def test_model_info_and_tree_match_models(source: dict[str, Any]) -> None:
@@ -143,6 +150,7 @@ def test_model_info_and_tree_match_models(source: dict[str, Any]) -> None:
     api = HfApi(endpoint=endpoint)
     info = api.model_info(REPO)
     assert info.id == REPO and info.sha == source["stored"]["commit"]
+    assert info.author == "taskalign" and info.private is False
     assert info.library_name == "taskalign" and info.pipeline_tag == "image-feature-extraction"
     stored = source["stored"]["files"]
     assert {s.rfilename: s.size for s in info.siblings or []} == {

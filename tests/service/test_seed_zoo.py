@@ -50,5 +50,9 @@ def test_fresh_server_registers_the_seed_zoo(tmp_path: Path) -> None:
         assert count == len(SEEDS)
         listed = httpx.get(f"{server.url}/v1/encoders", params={"limit": 100}).json()["data"]
         assert {e["method_id"] for e in listed} >= {"simclr"}
+        # seed encoders are the organisation's public repositories, taskalign/<card name>
+        assert {(e["owner"], e["private"]) for e in listed} == {("taskalign", False)}
+        names = {json.loads((p / "card.json").read_text())["name"] for p in SEEDS}
+        assert {e["name"] for e in listed} == {f"taskalign/{n}" for n in names}
     finally:
         server.stop()

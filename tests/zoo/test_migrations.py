@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 import service.jobs.models  # noqa: F401
 from service.migrate import upgrade
@@ -19,4 +19,26 @@ def test_migrations_match_models(database_url: str) -> None:
     assert diff == []
     assert {"encoders", "encoder_revisions", "encoder_files", "alembic_version"} <= set(
         inspect(engine).get_table_names())
+    engine.dispose()
+
+
+def test_encoders_from_before_owners_move_to_the_org_namespace(database_url: str) -> None:
+    """Upgrading a zoo from before repositories had owners keeps every encoder, now as a
+    public `taskalign/<name>` repository."""
+    from datetime import UTC, datetime
+
+    engine = create_engine(database_url)
+    upgrade(engine, "0003_jobs")
+    stamp = datetime(2026, 11, 1, tzinfo=UTC)
+    with engine.begin() as conn:
+        conn.execute(text(
+            "INSERT INTO encoders (name, architecture, modality, method_id, spatial_dims, "
+            "in_channels, feature_dim, latest_revision, description, created_at, updated_at) "
+            "VALUES ('resnet18-2d.old', 'resnet18', 'x-ray', 'simclr', 2, 1, 512, 1, '', "
+            ":t, :t)"), {"t": stamp})
+    upgrade(engine)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT name, owner, private FROM encoders")).all()
+    assert [(r[0], r[1], bool(r[2])) for r in rows] == [
+        ("taskalign/resnet18-2d.old", "taskalign", False)]
     engine.dispose()

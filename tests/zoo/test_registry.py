@@ -54,9 +54,9 @@ def test_register_then_new_revision(registry: Registry) -> None:
     c = edited
     second = registry.register(prepare(c, weights(c, seed=1)))
     assert second.revision == 3 and second.commit != first.commit
-    assert registry.revision(c["name"], "1").commit == first.commit
-    assert registry.revision(c["name"], None).number == 3
-    assert registry.revision(c["name"], first.commit).number == 1
+    assert registry.revision(first.repo_id, "1").commit == first.commit
+    assert registry.revision(first.repo_id, None).number == 3
+    assert registry.revision(first.repo_id, first.commit).number == 1
     assert counts(registry)[:2] == (1, 3)
 
 
@@ -119,3 +119,34 @@ def test_huge_declared_input_is_refused_before_building_a_model() -> None:
     with pytest.raises(RegistrationError, match="over the limit of 16,777,216") as info:
         prepare(c, b"\0" * 64)
     assert info.value.field == "config"
+
+
+def test_repositories_are_per_owner_and_private_ones_are_hidden(registry: Registry) -> None:
+    """Two owners may use one name without touching each other's repository; a private
+    repository is invisible (list, get, revision, names) to anyone but its owner and admins."""
+    from zoo.access import ANONYMOUS, SYSTEM, Principal
+
+    alice, bob = Principal("alice"), Principal("bob")
+    c = card()
+    mine = registry.register(prepare(c, weights(c, seed=0)), owner="alice", private=True)
+    theirs = registry.register(prepare(c, weights(c, seed=1)), owner="bob")
+    assert mine.repo_id == f"alice/{c['name']}" and theirs.repo_id == f"bob/{c['name']}"
+    assert mine.revision == theirs.revision == 1 and mine.commit != theirs.commit
+    for reader, expected in ((ANONYMOUS, {theirs.repo_id}), (bob, {theirs.repo_id}),
+                             (alice, {mine.repo_id, theirs.repo_id}),
+                             (SYSTEM, {mine.repo_id, theirs.repo_id})):
+        rows, count = registry.list(reader=reader)
+        assert {r.name for r in rows} == expected and count == len(expected)
+        assert set(registry.names(reader)) == expected
+        assert (registry.get(mine.repo_id, reader) is not None) == (mine.repo_id in expected)
+        assert (registry.revision(mine.repo_id, "1", reader) is not None) == (
+            mine.repo_id in expected)
+        assert registry.revision(mine.repo_id, mine.commit, reader) is None or \
+            mine.repo_id in expected
+    # A new revision keeps the repository's visibility unless told otherwise.
+    again = registry.register(prepare(c, weights(c, seed=2)), owner="alice")
+    assert again.revision == 2 and registry.get(mine.repo_id, ANONYMOUS) is None
+    registry.set_private(mine.repo_id, False)
+    assert registry.get(mine.repo_id, ANONYMOUS) is not None
+    with pytest.raises(RegistrationError, match="namespace"):
+        registry.register(prepare(c, weights(c, seed=3)), owner="Not/Valid")

@@ -245,18 +245,21 @@ def seed_folders(root: Path | None = None) -> list[Path]:
 def register_seed_zoo(registry: Any, root: Path | None = None,
                       log: Callable[[str], None] = print) -> list[str]:
     """Register every shipped seed encoder the registry does not have yet."""
+    from zoo.access import ORG, SYSTEM, repo_id
     from zoo.registry import RegistrationError, prepare
 
     added = []
-    known = set(registry.names())
+    known = set(registry.names(SYSTEM))
     for folder in seed_folders(root):
         card = json.loads((folder / "card.json").read_text())
-        if card["name"] in known:
+        repo = repo_id(ORG, card["name"])
+        if repo in known:
             continue
         try:
             prepared = prepare(card, (folder / "model.safetensors").read_bytes())
-            registry.register(prepared, family=card.get("pretext", {}).get("family"))
-            added.append(card["name"])
+            registry.register(prepared, family=card.get("pretext", {}).get("family"),
+                              owner=ORG, private=False)
+            added.append(repo)
         except RegistrationError as err:
             log(f"seed encoder {folder.name} refused: {err}")
     return added

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from rules import default_engine
 from service.jobs.plan import (
@@ -27,7 +28,8 @@ SEED = Path(__file__).resolve().parents[3] / "zoo" / "seed"
 
 
 def revision(name: str) -> RevisionRow:
-    return RevisionRow(number=1, card=json.loads((SEED / name / "card.json").read_text()))
+    return RevisionRow(number=1, commit="c" * 40,
+                       card=json.loads((SEED / name / "card.json").read_text()))
 
 
 def breast(**changes: Any) -> DatasetFacts:
@@ -38,7 +40,7 @@ def breast(**changes: Any) -> DatasetFacts:
 
 def finetune(request: dict[str, Any], dataset: DatasetFacts | None = None,
              encoder: str = "resnet18-2d.simclr-pneumoniamnist") -> FinetunePlan:
-    spec = JobCreate(type="finetune", dataset_id=1, encoder=encoder, **request)
+    spec = JobCreate(type="finetune", dataset_id=1, encoder=f"taskalign/{encoder}", **request)
     return plan_finetune(spec, dataset or breast(), revision(encoder), default_engine())
 
 
@@ -51,6 +53,9 @@ def test_auto_values_come_from_the_rules_with_their_source() -> None:
     assert settings["lr"]["rule"] == "ft.default"
     assert settings["lr"]["evidence"][0]["id"] == "ext:yang2023medmnist"
     assert plan.auto["label_regime"] == "full"
+    # the plan names the repository and the exact revision it resolved
+    assert plan.encoder == "taskalign/resnet18-2d.simclr-pneumoniamnist"
+    assert (plan.encoder_revision, plan.encoder_commit) == ("1", "c" * 40)
 
 
 def test_scarce_labels_plan_a_linear_probe_and_given_values_win() -> None:
@@ -116,3 +121,71 @@ def test_a_zero_encoder_learning_rate_is_refused() -> None:
     check_limits(JobCreate(type="pretrain", dataset_id=1, epochs=500, lr=1e-3))
     with pytest.raises(InvalidJob, match="epochs must be 'auto' or between 1 and 500"):
         check_limits(JobCreate(type="pretrain", dataset_id=1, epochs=10**9))
+
+
+def test_plan_job_records_namespace_privacy_and_the_exact_revision(database_url: str,
+                                                                   tmp_path: Path) -> None:
+    """Results go to the caller's namespace (an admin's to taskalign), private unless the
+    request says otherwise; the plan pins the commit it resolved; and an encoder the caller
+    may not see is as unknown as one that does not exist."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.orm import sessionmaker
+
+    from service.auth import User
+    from service.jobs.plan import plan_job
+    from service.migrate import upgrade
+    from zoo.catalog import DatasetRow
+    from zoo.registry import Registry, prepare
+    from zoo.storage import BlobStore
+
+    engine = create_engine(database_url)
+    upgrade(engine)
+    registry = Registry(sessionmaker(engine, expire_on_commit=False), BlobStore(tmp_path))
+    name = "resnet18-2d.simclr-pneumoniamnist"
+    raw = json.loads((SEED / name / "card.json").read_text())
+    blob = (SEED / name / "model.safetensors").read_bytes()
+    first = registry.register(prepare(raw, blob), owner="taskalign", private=False)
+    hidden = registry.register(prepare(raw, blob), owner="bob", private=True)
+    facts = breast()
+    with registry.sessions.begin() as session:
+        session.add(DatasetRow(name=facts.name, owner="alice", kind="path", path="/x", size=1,
+                               modality=facts.modality, spatial_dims=2, channels=1,
+                               image_size=[28, 28], num_classes=2,
+                               summary={"splits": {"train": {"images": 546}}},
+                               created_at=datetime.now(UTC)))
+        session.flush()
+        dataset_id = session.scalars(select(DatasetRow.id)).one()
+    second = registry.register(prepare({**raw, "description": "revision two"}, blob),
+                               owner="taskalign")
+    alice, admin = User("alice", admin=False), User("admin", admin=True)
+
+    def plan(user: User, **request: Any) -> FinetunePlan:
+        spec = JobCreate(type="finetune", dataset_id=dataset_id, epochs=1, **request)
+        result = plan_job(spec, user, registry, default_engine())
+        assert isinstance(result, FinetunePlan)
+        return result
+
+    latest = plan(alice, encoder=first.repo_id)
+    assert (latest.namespace, latest.private) == ("alice", True)
+    assert (latest.encoder, latest.encoder_revision, latest.encoder_commit) == (
+        first.repo_id, "2", second.commit)
+    pinned = plan(alice, encoder=first.repo_id, encoder_revision="1", private=False)
+    assert (pinned.encoder_revision, pinned.encoder_commit) == ("1", first.commit)
+    assert pinned.private is False
+    by_commit = plan(alice, encoder=first.repo_id, encoder_revision=first.commit)
+    assert by_commit.encoder_revision == "1" and by_commit.encoder_commit == first.commit
+    assert plan(admin, encoder=first.repo_id).namespace == "taskalign"
+    assert plan(admin, encoder=hidden.repo_id).encoder_commit == hidden.commit
+    messages = []
+    for repo in (hidden.repo_id, "bob/resnet18-2d.simclr-nothing", name):
+        with pytest.raises(InvalidJob) as info:
+            plan(alice, encoder=repo)
+        assert info.value.field == "encoder"
+        messages.append(info.value.message.replace(repo, "<repo>"))
+    assert messages[0] == messages[1] == messages[2]  # bob's private one: as unknown
+    pretrain = plan_job(JobCreate(type="pretrain", dataset_id=dataset_id, method="simclr",
+                                  private=False), alice, registry, default_engine())
+    assert (pretrain.namespace, pretrain.private) == ("alice", False)
+    engine.dispose()
