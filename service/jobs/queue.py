@@ -2,7 +2,13 @@
 
 A claim selects queued jobs (FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite ignores the
 clause and serialises writers) and then flips one with a conditional UPDATE whose row
-count proves the claim, so no job ever runs twice at once.
+count proves the claim.
+
+Every claim also takes a new lease number (a fencing token, never reused). An attempt
+writes progress, events and its result only while the job is still running under its
+lease, each write a conditional UPDATE; an attempt whose job was reaped, handed back or
+retried elsewhere finds its writes refused (LeaseLost) and stops, so a paused worker that
+comes back can neither finish a job twice nor report into its retry.
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ from ..auth import User
 from ..pagination import fetch_page
 from ..problems import Conflict, NotFound
 from .models import TERMINAL, JobEventRow, JobRow
+
+
+class LeaseLost(RuntimeError):
+    """This attempt no longer owns the job: it was reaped, handed back or finished."""
+
+    def __init__(self, job_id: int, lease: int):
+        super().__init__(f"job {job_id}: lease {lease} is no longer current; this attempt "
+                         "stops without writing anything more")
+
+
+def holds(job_id: int, lease: int) -> tuple[Any, ...]:
+    """The condition under which attempt `lease` may still write to job `job_id`."""
+    return JobRow.id == job_id, JobRow.lease == lease, JobRow.status == "running"
 
 
 class JobConflict(Conflict):
@@ -93,36 +112,50 @@ def claim(sessions: sessionmaker[Session], worker: str) -> JobRow | None:
             done = session.execute(
                 update(JobRow).where(JobRow.id == job_id, JobRow.status == "queued")
                 .values(status="running", worker=worker, heartbeat_at=now, started_at=now,
-                        attempts=JobRow.attempts + 1, updated_at=now))
+                        attempts=JobRow.attempts + 1, lease=JobRow.lease + 1,
+                        updated_at=now))
             if done.rowcount == 1:
                 job = session.get(JobRow, job_id)
+                session.refresh(job)
                 event(session, job_id, "status", {"status": "running", "worker": worker,
-                                                  "attempt": job.attempts})
+                                                  "attempt": job.attempts, "lease": job.lease})
                 return job
     return None
 
 
-def heartbeat(sessions: sessionmaker[Session], job_id: int, worker: str) -> bool:
-    """Record liveness; returns whether cancellation was requested."""
+def heartbeat(sessions: sessionmaker[Session], job_id: int, lease: int) -> bool:
+    """Record liveness; returns whether cancellation was requested. Raises LeaseLost when
+    the attempt no longer owns the job (its process must then be stopped)."""
     with sessions.begin() as session:
-        session.execute(update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker,
-                                             JobRow.status == "running")
-                        .values(heartbeat_at=utcnow()))
+        done = session.execute(update(JobRow).where(*holds(job_id, lease))
+                               .values(heartbeat_at=utcnow()))
+        if done.rowcount != 1:
+            raise LeaseLost(job_id, lease)
         return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
 
 
-def finish(sessions: sessionmaker[Session], job_id: int, status: str, error: str | None = None,
-           result: dict[str, Any] | None = None) -> None:
+def finish(sessions: sessionmaker[Session], job_id: int, lease: int, status: str,
+           error: str | None = None, result: dict[str, Any] | None = None) -> bool:
+    """End the job, if attempt `lease` still owns it; returns whether it did."""
     with sessions.begin() as session:
-        job = session.get(JobRow, job_id)
-        if job is None or job.status in TERMINAL:
-            return
-        now = utcnow()
-        job.status, job.error, job.finished_at, job.updated_at = status, error, now, now
-        if result is not None:
-            job.result = result
-        event(session, job_id, "status", {"status": status, **({"error": error} if error
-                                                                else {})})
+        return finish_in(session, job_id, lease, status, error, result)
+
+
+def finish_in(session: Session, job_id: int, lease: int, status: str,
+              error: str | None = None, result: dict[str, Any] | None = None) -> bool:
+    """`finish` inside the caller's transaction: the runner ends a job in the same
+    transaction that registers its encoder, so the two happen together or not at all."""
+    now = utcnow()
+    values: dict[str, Any] = {"status": status, "error": error, "finished_at": now,
+                              "updated_at": now}
+    if result is not None:
+        values["result"] = result
+    done = session.execute(update(JobRow).where(*holds(job_id, lease)).values(**values))
+    if done.rowcount != 1:
+        return False
+    event(session, job_id, "status", {"status": status, **({"error": error} if error
+                                                            else {})})
+    return True
 
 
 def reap(sessions: sessionmaker[Session], stale_after: float) -> list[int]:
@@ -153,15 +186,14 @@ def reap(sessions: sessionmaker[Session], stale_after: float) -> list[int]:
     return touched
 
 
-def hand_back(sessions: sessionmaker[Session], job_id: int, worker: str, why: str) -> bool:
+def hand_back(sessions: sessionmaker[Session], job_id: int, lease: int, why: str) -> bool:
     """A worker that is shutting down returns its running job to the queue and gives back
     the attempt it had taken, so deploys and restarts do not use up a job's retries.
-    Only while the job is still this worker's and still running (a conditional update);
-    returns whether it was handed back."""
+    Only while its attempt still owns the job (a conditional update); returns whether it
+    was handed back. The lease is not given back: the next claim takes a new one."""
     with sessions.begin() as session:
         done = session.execute(
-            update(JobRow).where(JobRow.id == job_id, JobRow.worker == worker,
-                                 JobRow.status == "running")
+            update(JobRow).where(*holds(job_id, lease))
             .values(status="queued", worker=None, heartbeat_at=None, started_at=None,
                     attempts=JobRow.attempts - 1, updated_at=utcnow()))
         if done.rowcount != 1:
@@ -187,9 +219,16 @@ def request_cancel(sessions: sessionmaker[Session], job_id: int) -> JobRow:
         return job
 
 
-def progress(sessions: sessionmaker[Session], job_id: int, values: dict[str, Any],
+def progress(sessions: sessionmaker[Session], job_id: int, lease: int, values: dict[str, Any],
              metrics: dict[str, Any] | None = None, line: str | None = None) -> None:
+    """Merge progress and add events, while attempt `lease` owns the job (else LeaseLost)."""
     with sessions.begin() as session:
+        # The conditional update comes first: it proves the lease and takes the row's
+        # write lock, so the read-modify-write below cannot interleave with a reap.
+        done = session.execute(update(JobRow).where(*holds(job_id, lease))
+                               .values(updated_at=utcnow()))
+        if done.rowcount != 1:
+            raise LeaseLost(job_id, lease)
         job = session.get(JobRow, job_id)
         job.progress = {**(job.progress or {}), **values}
         if metrics:
@@ -197,13 +236,19 @@ def progress(sessions: sessionmaker[Session], job_id: int, values: dict[str, Any
             event(session, job_id, "metrics", {**values, **metrics})
         if line:
             event(session, job_id, "log", {"line": line})
-        job.updated_at = utcnow()
 
 
 def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
     with sessions() as session:
         return dict(session.execute(select(JobRow.status, func.count())
                                     .group_by(JobRow.status)).all())
+
+
+def owns(sessions: sessionmaker[Session], job_id: int, lease: int) -> bool:
+    """Whether attempt `lease` still owns the job (a read; the runner's watchdog)."""
+    with sessions() as session:
+        return session.scalar(select(func.count()).select_from(JobRow)
+                              .where(*holds(job_id, lease))) == 1
 
 
 def owned(sessions: sessionmaker[Session], job_id: int, user: User) -> JobRow:

@@ -23,12 +23,12 @@ log = logging.getLogger("taskalign.ray")
 RAY_TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
 
-def submission_id(job_id: int, created_at: datetime, attempt: int) -> str:
-    """Ray's id for one attempt of a job: the same for a resubmission (idempotent), and
-    unique across databases sharing a cluster, which all count job ids from 1 (a reset
+def submission_id(job_id: int, created_at: datetime, lease: int) -> str:
+    """Ray's id for one attempt (lease) of a job: the same for a resubmission (idempotent),
+    and unique across databases sharing a cluster, which all count job ids from 1 (a reset
     database or a second installation would otherwise adopt each other's Ray jobs)."""
     stamp = queue.aware(created_at).strftime("%Y%m%dT%H%M%S%f")
-    return f"taskalign-job-{job_id}-{stamp}-attempt-{attempt}"
+    return f"taskalign-job-{job_id}-{stamp}-lease-{lease}"
 
 
 class RayWorker:
@@ -43,16 +43,16 @@ class RayWorker:
         self.id = f"ray:{address}"
         keep = ("TASKALIGN_HOME", "TASKALIGN_DATABASE_URL", "TASKALIGN_DATA_DIR")
         self.env = {k: os.environ[k] for k in keep if k in os.environ} | (env or {})
-        self.running: dict[int, str] = {}
+        self.running: dict[int, tuple[str, int]] = {}  # job id -> (submission, lease)
         self.cancelling: set[int] = set()
 
     def submit(self, job: JobRow) -> str:
         self.stop_earlier_attempts(job)
-        sub = submission_id(job.id, job.created_at, job.attempts)
+        sub = submission_id(job.id, job.created_at, job.lease)
         gpus = 1 if job.params.get("device") == "cuda" else 0
         try:
             self.client.submit_job(
-                entrypoint=f"{sys.executable} -m service.jobs.runner {job.id}",
+                entrypoint=f"{sys.executable} -m service.jobs.runner {job.id} {job.lease}",
                 submission_id=sub, runtime_env={"env_vars": self.env},
                 entrypoint_num_gpus=gpus, entrypoint_num_cpus=1,
                 metadata={"taskalign_job": str(job.id)})
@@ -65,7 +65,7 @@ class RayWorker:
         """A retry follows a dispatcher that died, but its Ray job lives on in the cluster:
         stop every earlier attempt, and wait until Ray says it ended, so that no job ever
         runs twice at once (a stale runner would also report into the job's row)."""
-        earlier = [submission_id(job.id, job.created_at, a) for a in range(1, job.attempts)]
+        earlier = [submission_id(job.id, job.created_at, lease) for lease in range(1, job.lease)]
         deadline = time.monotonic() + wait_s
         for sub in earlier:
             try:
@@ -88,25 +88,34 @@ class RayWorker:
 
     def tick(self) -> None:
         queue.reap(self.sessions, self.stale_after)
-        for job_id, sub in list(self.running.items()):
+        for job_id, (sub, lease) in list(self.running.items()):
             status = self._status(sub)
             if status in RAY_TERMINAL:
                 del self.running[job_id]
-                if status != "SUCCEEDED":
+                if status != "SUCCEEDED":  # a no-op when the attempt had lost its lease
                     cancelled = job_id in self.cancelling
-                    queue.finish(self.sessions, job_id, "cancelled" if cancelled else "failed",
+                    queue.finish(self.sessions, job_id, lease,
+                                 "cancelled" if cancelled else "failed",
                                  None if cancelled else f"Ray job {sub} ended {status}")
                 self.cancelling.discard(job_id)
                 continue
-            if queue.heartbeat(self.sessions, job_id, self.id) and job_id not in self.cancelling:
+            try:
+                cancel = queue.heartbeat(self.sessions, job_id, lease)
+            except queue.LeaseLost:
+                log.warning("job %s was taken from this dispatcher: stopping Ray job %s",
+                            job_id, sub)
+                self.client.stop_job(sub)
+                del self.running[job_id]
+                continue
+            if cancel and job_id not in self.cancelling:
                 self.cancelling.add(job_id)
                 self.client.stop_job(sub)
         while len(self.running) < self.slots:
             job = queue.claim(self.sessions, self.id)
             if job is None:
                 break
-            self.running[job.id] = self.submit(job)
-            log.info("job %s submitted to Ray as %s", job.id, self.running[job.id])
+            self.running[job.id] = (self.submit(job), job.lease)
+            log.info("job %s submitted to Ray as %s", job.id, self.running[job.id][0])
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -115,6 +124,21 @@ class RayWorker:
             except Exception:
                 log.exception("ray worker tick failed")
             stop.wait(self.poll)
+        self.shut_down()
+
+    def shut_down(self) -> None:
+        """Stop the Ray jobs this dispatcher runs and hand their jobs back to the queue
+        without counting the attempt, as the local executor does on SIGTERM. The next
+        dispatcher waits for the stopped Ray jobs to end before it resubmits."""
+        for job_id, (sub, lease) in self.running.items():
+            try:
+                self.client.stop_job(sub)
+            except Exception:  # the cluster may be gone; fencing still guards the job
+                log.exception("could not stop Ray job %s", sub)
+            if job_id not in self.cancelling and queue.hand_back(
+                    self.sessions, job_id, lease, f"dispatcher {self.id} shut down"):
+                log.info("job %s handed back to the queue", job_id)
+        self.running.clear()
 
 
 def ray_logs(address: str, job: JobRow) -> str:
@@ -122,8 +146,8 @@ def ray_logs(address: str, job: JobRow) -> str:
 
     client = JobSubmissionClient(address)
     out = []
-    for attempt in range(1, job.attempts + 1):
-        sub = submission_id(job.id, job.created_at, attempt)
+    for lease in range(1, job.lease + 1):
+        sub = submission_id(job.id, job.created_at, lease)
         try:
             out.append(f"--- ray {sub} ---\n" + client.get_job_logs(sub))
         except RuntimeError:

@@ -16,8 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session, sessionmaker
 
+from zoo.access import ADMIN, Principal
 from zoo.cards import StoredCard, slug
 from zoo.catalog import DatasetRow
 from zoo.datasets.readers import Dataset, load_folder, load_npz
@@ -33,17 +35,41 @@ Log = Callable[[str], None]
 Sessions = sessionmaker[Session]
 
 
-def report_to(sessions: Sessions, job_id: int
+def report_to(sessions: Sessions, job_id: int, lease: int
               ) -> Callable[[dict[str, Any], dict[str, Any] | None, str | None], None]:
     """Progress and metrics into the job's row and events; log lines also to stdout, which
-    the worker keeps as the attempt's log."""
+    the worker keeps as the attempt's log. Raises LeaseLost once the attempt is stale."""
     def report(values: dict[str, Any], metrics: dict[str, Any] | None,
                line: str | None) -> None:
         if line:
             print(line, flush=True)
-        queue.progress(sessions, job_id, values, metrics, line)
+        queue.progress(sessions, job_id, lease, values, metrics, line)
 
     return report
+
+
+LEASE_LOST_EXIT = 3
+
+
+def watch_lease(sessions: Sessions, job_id: int, lease: int, every: float = 1.0) -> None:
+    """Exit the process within about `every` seconds of the job being taken from this
+    attempt (reaped while its worker was paused, handed back, cancelled and finished), even
+    in the middle of a long training step: a retry must not compete with a stale attempt
+    for CPU or GPU. Writes are fenced anyway; this frees the machine."""
+    import os
+    import threading
+
+    def loop() -> None:
+        while True:
+            time.sleep(every)
+            try:
+                if not queue.owns(sessions, job_id, lease):
+                    print(f"job {job_id}: lease {lease} lost; this attempt stops", flush=True)
+                    os._exit(LEASE_LOST_EXIT)
+            except Exception:  # database unreachable: fencing still guards every write
+                continue
+
+    threading.Thread(target=loop, daemon=True, name="lease-watch").start()
 
 
 def load_job_dataset(row: DatasetRow, store: BlobStore) -> Dataset:
@@ -53,7 +79,7 @@ def load_job_dataset(row: DatasetRow, store: BlobStore) -> Dataset:
     return load_npz(store.path(row.sha256 or ""), row.name)
 
 
-def start_run(job: JobRow, sessions: Sessions, store: BlobStore, dataset_id: int,
+def start_run(job: JobRow, lease: int, sessions: Sessions, store: BlobStore, dataset_id: int,
               device_name: str) -> tuple[DatasetRow, Dataset, str]:
     """What both job types do first: load the dataset and record the device used."""
     # The training stack loads in the runner process only, never in the API that plans jobs.
@@ -66,11 +92,25 @@ def start_run(job: JobRow, sessions: Sessions, store: BlobStore, dataset_id: int
     dataset = load_job_dataset(dataset_row, store)
     device = pick_device(device_name).type
     with sessions.begin() as session:
-        session.get(JobRow, job.id).device = device
+        done = session.execute(update(JobRow).where(*queue.holds(job.id, lease))
+                               .values(device=device))
+        if done.rowcount != 1:
+            raise queue.LeaseLost(job.id, lease)
     return dataset_row, dataset, device
 
 
-def run_finetune(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) -> dict[str, Any]:
+def complete(job_id: int, lease: int, result: Callable[[StoredCard], dict[str, Any]]
+             ) -> Callable[[Session, StoredCard], None]:
+    """The job ends as succeeded in the transaction that registers its encoder, only while
+    this attempt holds the lease: a stale attempt registers nothing."""
+    def within(session: Session, stored: StoredCard) -> None:
+        if not queue.finish_in(session, job_id, lease, "succeeded", result=result(stored)):
+            raise queue.LeaseLost(job_id, lease)
+    return within
+
+
+def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
+                 log: Log) -> None:
     import torch
     from safetensors.torch import save
 
@@ -80,16 +120,17 @@ def run_finetune(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) ->
 
     plan = FinetunePlan.model_validate(job.params)
     registry = Registry(sessions, store)
-    dataset_row, dataset, device = start_run(job, sessions, store, plan.dataset_id,
+    dataset_row, dataset, device = start_run(job, lease, sessions, store, plan.dataset_id,
                                              plan.device)
-    revision = registry.revision(plan.encoder, plan.encoder_revision)
+    revision = registry.revision(plan.encoder, plan.encoder_commit or plan.encoder_revision,
+                                 job_reader(job))
     if revision is None:
         raise LookupError(f"encoder {plan.encoder} revision {plan.encoder_revision} is gone")
     weights = next(f for f in revision.files if f.filename == WEIGHTS)
     encoder = build_from_card(revision.card, store.path(weights.sha256))
     parent = StoredCard.model_validate(revision.card)
 
-    report = report_to(sessions, job.id)
+    report = report_to(sessions, job.id, lease)
     settings = FinetuneSettings(
         mode=plan.mode, label_fraction=plan.label_fraction, seed=plan.seed,
         epochs=plan.epochs, lr=plan.lr, batch_size=plan.batch_size,
@@ -97,14 +138,27 @@ def run_finetune(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) ->
         augmentations=plan.augmentations)
     outcome = finetune_classifier(encoder, dataset, settings, report)
     metrics = outcome.metrics
-    queue.progress(sessions, job.id, {"phase": "registering"},
-                   {"test_auc": round(metrics["auc"], 4), "test_acc": round(metrics["acc"], 4)})
+    report({"phase": "registering"},
+           {"test_auc": round(metrics["auc"], 4), "test_acc": round(metrics["acc"], 4)}, None)
     card = finetuned_card(parent, plan, dataset_row, job.id, metrics)
     state = {k: v.contiguous() for k, v in outcome.encoder.float().state_dict().items()}
-    stored = registry.register(prepare(card, save(state)), family=parent.pretext.family)
-    return {"encoder": stored.name, "revision": stored.revision,
-            "evaluation": {"test_auc": metrics["auc"], "test_acc": metrics["acc"]},
-            "seconds": round(outcome.seconds, 1)}
+    registry.register(prepare(card, save(state)), family=parent.pretext.family,
+                      owner=plan.namespace, private=plan.private,
+                      within=complete(job.id, lease, lambda stored: {
+                          **outcome_of(stored, plan.private),
+                          "evaluation": {"test_auc": metrics["auc"], "test_acc": metrics["acc"]},
+                          "seconds": round(outcome.seconds, 1)}))
+
+
+def outcome_of(stored: StoredCard, private: bool) -> dict[str, Any]:
+    return {"encoder": stored.repo_id, "revision": stored.revision, "commit": stored.commit,
+            "private": private}
+
+
+def job_reader(job: JobRow) -> Principal:
+    """A job reads the zoo as the user who submitted it: a repository made private since
+    submission is not used on their behalf."""
+    return Principal(name=job.owner, admin=job.owner == ADMIN)
 
 
 def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow, job_id: int,
@@ -112,6 +166,7 @@ def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetR
     """The new encoder's card: the parent's facts, this job's lineage and test scores."""
     arch, _, _ = parent.name.partition(".")
     name = f"{arch}.ft-job{job_id}-{slug(dataset_row.name)}"[:96].rstrip("-")
+    parent_repo = parent.repo_id or plan.encoder
     card = parent.model_dump(include={"architecture", "spatial_dims", "in_channels",
                                       "input_size", "normalization", "pretext",
                                       "pretraining_data", "weights_licence"})
@@ -119,11 +174,12 @@ def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetR
     card.update({
         "name": name,
         "modality": dataset_row.modality or parent.modality,
-        "parent": parent.name,
-        "lineage": {"parent": parent.name, "parent_revision": parent.revision,
+        "parent": parent_repo,
+        "lineage": {"parent": parent_repo, "parent_revision": parent.revision,
+                    "parent_commit": parent.commit,
                     "dataset_id": dataset_row.id, "dataset": dataset_row.name,
                     "job_id": job_id, "params": plan.model_dump(mode="json")},
-        "description": f"{parent.name} after {plan.mode} on {dataset_row.name} "
+        "description": f"{parent_repo} after {plan.mode} on {dataset_row.name} "
                        f"({plan.label_fraction:.0%} labels) by job {job_id}.",
         "evaluation": [{"dataset": dataset_row.name, "protocol": protocol,
                         "label_fraction": plan.label_fraction, "metric": m.upper(),
@@ -133,21 +189,23 @@ def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetR
     return card
 
 
-def run_pretrain(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) -> dict[str, Any]:
+def run_pretrain(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
+                 log: Log) -> None:
     from zoo.registry import Registry, prepare
     from zoo.training.build import EvalPlan, Recipe, build
 
     plan = PretrainPlan.model_validate(job.params)
-    dataset_row, dataset, device = start_run(job, sessions, store, plan.dataset_id,
+    dataset_row, dataset, device = start_run(job, lease, sessions, store, plan.dataset_id,
                                              plan.device)
+    report = report_to(sessions, job.id, lease)
     name = plan.name or f"{plan.name_template}-job{job.id}"[:96]
     recipe = Recipe(name=name, method=plan.method, dataset=dataset_row.name,
                     architecture=plan.architecture, profile=plan.profile,
                     train={"epochs": plan.epochs, "batch_size": plan.batch_size,
                            "lr": plan.lr, "seed": plan.seed, "device": device},
                     evaluate=EvalPlan.model_validate(plan.evaluation))
-    queue.progress(sessions, job.id, {"phase": "training", "epoch": 0, "epochs": plan.epochs},
-                   line="first training step")
+    report({"phase": "training", "epoch": 0, "epochs": plan.epochs}, None,
+           "first training step")
     start = time.monotonic()
     last = [0.0]
 
@@ -156,50 +214,58 @@ def run_pretrain(job: JobRow, sessions: Sessions, store: BlobStore, log: Log) ->
         if now - last[0] >= 1.0 or step == total:
             last[0] = now
             eta = round((now - start) / step * (total - step), 1)
-            queue.progress(sessions, job.id, {"step": step, "steps": total, "eta_s": eta,
-                                              "epoch": step * plan.epochs // max(total, 1)})
+            report({"step": step, "steps": total, "eta_s": eta,
+                    "epoch": step * plan.epochs // max(total, 1)}, None, None)
 
     out_dir = get_settings().home / "jobs" / str(job.id) / "build"
     folder = build(recipe, out_dir, log=log, on_step=on_step, dataset=dataset)
     card = json.loads((folder / "card.json").read_text())
     card["lineage"] = {**card.get("lineage", {}), "dataset_id": dataset_row.id,
                        "dataset": dataset_row.name, "job_id": job.id}
-    stored = Registry(sessions, store).register(
-        prepare(card, (folder / "model.safetensors").read_bytes()),
-        family=card["pretext"].get("family"))
     evaluation = {f"{e['protocol']}@{e['label_fraction']:g}:{e['metric']}": e["value"]
                   for e in card["evaluation"]}
-    return {"encoder": stored.name, "revision": stored.revision, "evaluation": evaluation,
-            "seconds": round(time.monotonic() - start, 1)}
+    seconds = round(time.monotonic() - start, 1)
+    Registry(sessions, store).register(
+        prepare(card, (folder / "model.safetensors").read_bytes()),
+        family=card["pretext"].get("family"), owner=plan.namespace, private=plan.private,
+        within=complete(job.id, lease, lambda stored: {
+            **outcome_of(stored, plan.private), "evaluation": evaluation,
+            "seconds": seconds}))
 
 
 RUNNERS = {"finetune": run_finetune, "pretrain": run_pretrain}
 
 
-def main(job_id: int) -> int:
+def main(job_id: int, lease: int) -> int:
+    """Run attempt `lease` of a job. Exit 0: it succeeded (ended in the registering
+    transaction); 1: it failed and says why; 3: the lease was lost, nothing more written."""
     settings = get_settings()
     engine = make_engine(settings)
     sessions = session_factory(engine)
     store = BlobStore(settings.artifacts_dir)
     with sessions() as session:
         job = session.get(JobRow, job_id)
-
-    report = report_to(sessions, job_id)
+    watch_lease(sessions, job_id, lease)
+    report = report_to(sessions, job_id, lease)
 
     def log(line: str) -> None:
         report({}, None, line)
 
     try:
-        result = RUNNERS[job.type](job, sessions, store, log)
-        queue.finish(sessions, job_id, "succeeded", result=result)
+        RUNNERS[job.type](job, lease, sessions, store, log)
         return 0
+    except queue.LeaseLost as err:
+        print(err, flush=True)
+        return LEASE_LOST_EXIT
     except Exception as err:  # the job fails with the reason; the worker sees exit 1
         traceback.print_exc()
-        queue.finish(sessions, job_id, "failed", error=f"{type(err).__name__}: {err}")
+        if not queue.finish(sessions, job_id, lease, "failed",
+                            error=f"{type(err).__name__}: {err}"):
+            return LEASE_LOST_EXIT
         return 1
     finally:
         engine.dispose()
 
 
 if __name__ == "__main__":
-    sys.exit(main(int(sys.argv[1])))
+    sys.exit(main(int(sys.argv[1]), int(sys.argv[2])))

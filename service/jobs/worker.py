@@ -1,5 +1,7 @@
 """The local executor: claims jobs, runs each in a child process, heartbeats while it
-runs, kills it on cancel, and requeues (once) jobs whose worker died.
+runs, kills it on cancel, and requeues (once) jobs whose worker died. A child whose lease
+was lost (its job reaped while this worker was paused) is killed before the worker claims
+anything else.
 
 One job at a time per GPU, or one on a CPU-only machine.
 """
@@ -46,8 +48,14 @@ def gpu_slots() -> int:
 @dataclass
 class Running:
     job_id: int
+    lease: int
     proc: subprocess.Popen
     cancel_at: float | None = None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
 class LocalWorker:
@@ -62,18 +70,19 @@ class LocalWorker:
         self.running: dict[int, Running] = {}
         self._last_beat = 0.0
 
-    def start_child(self, job_id: int, attempt: int) -> Running:
+    def start_child(self, job_id: int, attempt: int, lease: int) -> Running:
         logs = self.home / "jobs" / str(job_id)
         logs.mkdir(parents=True, exist_ok=True)
         out = open(logs / f"attempt-{attempt}.log", "ab")  # noqa: SIM115 - child owns it
         slot = len(self.running)
         env = {**os.environ, **self.env, "CUDA_VISIBLE_DEVICES": str(slot)} if self.slots > 1 \
             else {**os.environ, **self.env}
-        proc = subprocess.Popen([sys.executable, "-m", "service.jobs.runner", str(job_id)],
+        proc = subprocess.Popen([sys.executable, "-m", "service.jobs.runner", str(job_id),
+                                 str(lease)],
                                 stdout=out, stderr=subprocess.STDOUT, env=env,
                                 preexec_fn=_die_with_parent)
         out.close()
-        return Running(job_id, proc)
+        return Running(job_id, lease, proc)
 
     def tick(self) -> None:
         queue.reap(self.sessions, self.stale_after)
@@ -83,12 +92,20 @@ class LocalWorker:
             code = run.proc.poll()
             if code is not None:
                 del self.running[job_id]
-                if code != 0:
+                if code != 0:  # a no-op when the attempt had lost its lease
                     status = "cancelled" if run.cancel_at else "failed"
-                    queue.finish(self.sessions, job_id, status,
+                    queue.finish(self.sessions, job_id, run.lease, status,
                                  None if run.cancel_at else f"runner exited with code {code}")
                 continue
-            if beat and queue.heartbeat(self.sessions, job_id, self.id) and not run.cancel_at:
+            try:
+                cancel = beat and queue.heartbeat(self.sessions, job_id, run.lease)
+            except queue.LeaseLost:
+                log.warning("job %s was taken from this worker (lease %s): stopping its "
+                            "runner", job_id, run.lease)
+                run.kill()
+                del self.running[job_id]
+                continue
+            if cancel and not run.cancel_at:
                 run.cancel_at = now
                 os.killpg(run.proc.pid, signal.SIGTERM)
             if run.cancel_at and now - run.cancel_at > 5:
@@ -99,8 +116,9 @@ class LocalWorker:
             job = queue.claim(self.sessions, self.id)
             if job is None:
                 break
-            self.running[job.id] = self.start_child(job.id, job.attempts)
-            log.info("worker %s runs job %s (attempt %s)", self.id, job.id, job.attempts)
+            self.running[job.id] = self.start_child(job.id, job.attempts, job.lease)
+            log.info("worker %s runs job %s (attempt %s, lease %s)", self.id, job.id,
+                     job.attempts, job.lease)
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -126,6 +144,6 @@ class LocalWorker:
                     os.killpg(run.proc.pid, signal.SIGKILL)
                 run.proc.wait()
             if not run.cancel_at and queue.hand_back(
-                    self.sessions, job_id, self.id, f"worker {self.id} shut down"):
+                    self.sessions, job_id, run.lease, f"worker {self.id} shut down"):
                 log.info("job %s handed back to the queue", job_id)
         self.running.clear()

@@ -16,10 +16,19 @@ import pytest
 import torch
 
 from tests.conftest import POSTGRES_URL, Server, postgres_available
-from tests.utils import DATA_DIR, card, fresh_postgres_database, upload_files, weights
+from tests.utils import (
+    DATA_DIR,
+    card,
+    fresh_postgres_database,
+    repo,
+    upload_files,
+    user_dataset,
+    weights,
+)
 
 ALICE, BOB, ADMIN = "alice-token-0123456789", "bob-token-0123456789", "admin-token-0123456789"
-ENC = "resnet18-2d.jobs-breast"
+ENC_NAME = "resnet18-2d.jobs-breast"
+ENC = repo(ENC_NAME)  # the admin uploads it: taskalign/...
 TOKENS = {"TASKALIGN_API_TOKENS": f"alice={ALICE},bob={BOB}",
           "TASKALIGN_ADMIN_TOKENS": ADMIN, "TASKALIGN_DATA_DIR": str(DATA_DIR)}
 
@@ -38,16 +47,19 @@ def wait_for(fn: Callable[[], Any], timeout: float = 120, every: float = 0.3) ->
     raise AssertionError(f"condition not met in {timeout} s")
 
 
-def seed_server(url: str) -> int:
-    """An encoder and Alice's BreastMNIST dataset; returns the dataset id."""
-    c = card(ENC, arch={"name": "resnet18", "args": {"widths": [8, 8, 16, 16]}})
+def seed_server(url: str, home: Path) -> int:
+    """A public encoder (the admin's, so under taskalign/) and Alice's BreastMNIST dataset,
+    registered as a path in her own folder TASKALIGN_HOME/datasets/alice/ (`home` is the
+    server's TASKALIGN_HOME); returns the dataset id."""
+    c = card(ENC_NAME, arch={"name": "resnet18", "args": {"widths": [8, 8, 16, 16]}})
     c["modality"] = "ultrasound"
     r = httpx.post(f"{url}/v1/encoders", files=upload_files(c, weights(c)), headers=h(ADMIN),
                    timeout=120)
     assert r.status_code == 201, r.text
+    assert r.json()["repo_id"] == ENC
+    path = user_dataset(home, "alice", DATA_DIR / "medmnist" / "breastmnist.npz")
     r = httpx.post(f"{url}/v1/datasets", headers=h(ALICE), json={
-        "name": "breast", "path": str(DATA_DIR / "medmnist" / "breastmnist.npz"),
-        "modality": "ultrasound"})
+        "name": "breast", "path": str(path), "modality": "ultrasound"})
     assert r.status_code == 201, r.text
     return r.json()["id"]
 
@@ -66,13 +78,13 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str
         with fresh_postgres_database(POSTGRES_URL) as url:
             s = Server(tmp_path, TASKALIGN_DATABASE_URL=url, **env)
             try:
-                yield s.url, seed_server(s.url)
+                yield s.url, seed_server(s.url, s.home)
             finally:
                 s.stop()
         return
     s = Server(tmp_path, **env)
     try:
-        yield s.url, seed_server(s.url)
+        yield s.url, seed_server(s.url, s.home)
     finally:
         s.stop()
 
@@ -98,11 +110,15 @@ def test_finetune_runs_to_a_new_encoder(server: tuple[str, int]) -> None:
     statuses = [e["data"]["status"] for e in events["data"] if e["type"] == "status"]
     assert statuses == ["queued", "running", "succeeded"] and "metrics" in kinds
     name = done["result"]["encoder"]
-    enc = httpx.get(f"{url}/v1/encoders/{name}").json()
+    # Alice's job on Alice's data: a private repository in her namespace.
+    assert name.startswith("alice/resnet18-2d.ft-job") and done["result"]["private"] is True
+    enc = httpx.get(f"{url}/v1/encoders/{name}", headers=h(ALICE)).json()
+    assert enc["owner"] == "alice" and enc["private"] is True
+    assert enc["revisions"][-1]["commit"] == done["result"]["commit"]
     assert enc["card"]["parent"] == ENC
     assert enc["card"]["lineage"]["job_id"] == submitted["id"]
     assert enc["card"]["lineage"]["dataset"] == "breast"
-    f = httpx.get(f"{url}/v1/encoders/{name}/files/model.safetensors")
+    f = httpx.get(f"{url}/v1/encoders/{name}/files/model.safetensors", headers=h(ALICE))
     assert f.status_code == 200 and len(f.content) > 1000
     logs = httpx.get(f"{url}/v1/jobs/{submitted['id']}/logs", headers=h(ALICE)).text
     assert "test AUC" in logs
@@ -111,7 +127,7 @@ def test_finetune_runs_to_a_new_encoder(server: tuple[str, int]) -> None:
 def test_cancel_and_idempotency_and_scoping(tmp_path: Path) -> None:
     s = Server(tmp_path, TASKALIGN_WORKER="true", **TOKENS)
     try:
-        ds = seed_server(s.url)
+        ds = seed_server(s.url, s.home)
         body = {"type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 400,
                 "mode": "full"}
         first = httpx.post(f"{s.url}/v1/jobs", headers={**h(ALICE), "Idempotency-Key": "k1"},
@@ -140,7 +156,8 @@ def test_cancel_and_idempotency_and_scoping(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("patch", "field", "message"), [
-    ({"encoder": "resnet18-2d.nope"}, "encoder", "unknown encoder"),
+    ({"encoder": "taskalign/resnet18-2d.nope"}, "encoder", "unknown encoder"),
+    ({"encoder": ENC_NAME}, "encoder", "ids are owner/name"),  # a bare name is no repo id
     ({"epochs": 0}, "epochs", "between"),
     ({"lr": 5}, "lr", "between"),
     ({"dataset_id": 999}, "dataset_id", "no dataset"),
@@ -160,8 +177,9 @@ def test_invalid_submissions_create_nothing(tmp_path_factory: pytest.TempPathFac
 
 def test_mismatched_channels_refused(tmp_path_factory: pytest.TempPathFactory) -> None:
     s = _shared_server(tmp_path_factory)
+    path = user_dataset(s["server"].home, "alice", DATA_DIR / "extra" / "bccd_28.npz")
     rgb = httpx.post(f"{s['url']}/v1/datasets", headers=h(ALICE), json={
-        "name": "bccd", "path": str(DATA_DIR / "extra" / "bccd_28.npz")}).json()
+        "name": "bccd", "path": str(path)}).json()
     r = httpx.post(f"{s['url']}/v1/jobs", headers=h(ALICE), json={
         "type": "finetune", "encoder": ENC, "dataset_id": rgb["id"]})
     assert r.status_code == 422 and "channel" in r.text
@@ -175,7 +193,7 @@ _SHARED: dict[str, Any] = {}
 def _shared_server(factory: pytest.TempPathFactory) -> dict[str, Any]:
     if not _SHARED:
         s = Server(factory.mktemp("jobs-shared"), TASKALIGN_WORKER="false", **TOKENS)
-        _SHARED.update(server=s, url=s.url, ds=seed_server(s.url))
+        _SHARED.update(server=s, url=s.url, ds=seed_server(s.url, s.home))
     return _SHARED
 
 
@@ -198,7 +216,7 @@ def test_worker_death_retries_once_then_fails(tmp_path: Path) -> None:
     s = Server(tmp_path, TASKALIGN_WORKER="false", TASKALIGN_JOB_STALE_SECONDS="2", **TOKENS)
     workers: list[subprocess.Popen] = []
     try:
-        ds = seed_server(s.url)
+        ds = seed_server(s.url, s.home)
         j = httpx.post(f"{s.url}/v1/jobs", headers=h(ALICE), json={
             "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 400,
             "mode": "full"}).json()
@@ -227,7 +245,7 @@ def test_worker_death_retries_once_then_fails(tmp_path: Path) -> None:
 
 def test_restart_keeps_queued_jobs_and_sse(tmp_path: Path) -> None:
     s = Server(tmp_path, TASKALIGN_WORKER="false", **TOKENS)
-    ds = seed_server(s.url)
+    ds = seed_server(s.url, s.home)
     ids = [httpx.post(f"{s.url}/v1/jobs", headers=h(ALICE), json={
         "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 1,
         "mode": "linear_probe", "seed": i}).json()["id"] for i in range(2)]
@@ -248,7 +266,7 @@ def test_restart_keeps_queued_jobs_and_sse(tmp_path: Path) -> None:
 def test_pretrain_job_makes_a_new_encoder(tmp_path: Path) -> None:
     s = Server(tmp_path, TASKALIGN_WORKER="true", **TOKENS)
     try:
-        ds = seed_server(s.url)
+        ds = seed_server(s.url, s.home)
         r = httpx.post(f"{s.url}/v1/jobs", headers=h(ALICE), json={
             "type": "pretrain", "dataset_id": ds, "method": "simclr", "epochs": 1})
         assert r.status_code == 202, r.text
@@ -259,8 +277,10 @@ def test_pretrain_job_makes_a_new_encoder(tmp_path: Path) -> None:
                         ("succeeded", "failed") and x, 300)
         assert done["status"] == "succeeded", done["error"]
         name = done["result"]["encoder"]
-        assert name.startswith("resnet18-2d.simclr-breast")
-        card = httpx.get(f"{s.url}/v1/encoders/{name}").json()["card"]
+        assert name.startswith("alice/resnet18-2d.simclr-breast")
+        assert done["result"]["private"] is True
+        assert httpx.get(f"{s.url}/v1/encoders/{name}").status_code == 404  # private
+        card = httpx.get(f"{s.url}/v1/encoders/{name}", headers=h(ALICE)).json()["card"]
         assert card["lineage"]["job_id"] == r.json()["id"]
         assert {e["protocol"] for e in card["evaluation"]} == {
             "linear_probe", "random_init_linear_probe"}
@@ -274,7 +294,7 @@ def test_sigterm_hands_the_running_job_back_without_spending_an_attempt(
     with its attempt given back, and the next server runs it to the end."""
     s = Server(tmp_path, TASKALIGN_WORKER="true", **TOKENS)
     try:
-        ds = seed_server(s.url)
+        ds = seed_server(s.url, s.home)
         job_id = httpx.post(f"{s.url}/v1/jobs", headers=h(ALICE), json={
             "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 200,
             "mode": "full"}).json()["id"]

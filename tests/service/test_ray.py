@@ -109,7 +109,7 @@ def test_same_job_same_result_under_both_executors(ray_head: str, tmp_path: Path
                                "ray", "--ray-address", ray_head], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        by_ray = run_job(api, seed_server(api.url))
+        by_ray = run_job(api, seed_server(api.url, api.home))
         assert by_ray["status"] == "succeeded", by_ray["error"]
         assert by_ray["worker"].startswith("ray:")
         logs = httpx.get(f"{api.url}/v1/jobs/{by_ray['id']}/logs", headers=h(ALICE)).text
@@ -120,7 +120,7 @@ def test_same_job_same_result_under_both_executors(ray_head: str, tmp_path: Path
         api.stop()
     local = Server(local_home, TASKALIGN_WORKER="true", **TOKENS)
     try:
-        by_local = run_job(local, seed_server(local.url))
+        by_local = run_job(local, seed_server(local.url, local.home))
     finally:
         local.stop()
     assert by_local["status"] == "succeeded" and not by_local["worker"].startswith("ray:")
@@ -133,7 +133,7 @@ def test_cancel_stops_the_ray_job(ray_head: str, tmp_path: Path) -> None:
     api = Server(tmp_path, TASKALIGN_WORKER="false", TASKALIGN_RAY_ADDRESS=ray_head, **TOKENS)
     worker = ray_worker(tmp_path, ray_head)
     try:
-        job_id = start_long_job(api, seed_server(api.url))
+        job_id = start_long_job(api, seed_server(api.url, api.home))
         assert ray_status(ray_head, api, job_id, 1) == "RUNNING"
         t0 = time.monotonic()
         r = httpx.post(f"{api.url}/v1/jobs/{job_id}/cancel", headers=h(ALICE))
@@ -155,7 +155,7 @@ def test_retry_after_dispatcher_death_stops_the_earlier_ray_job(ray_head: str,
     first = ray_worker(tmp_path, ray_head, **stale)
     second = None
     try:
-        job_id = start_long_job(api, seed_server(api.url))
+        job_id = start_long_job(api, seed_server(api.url, api.home))
         first.send_signal(signal.SIGKILL)  # the dispatcher dies; its Ray job does not
         first.wait(timeout=20)
         assert ray_status(ray_head, api, job_id, 1) == "RUNNING"

@@ -20,15 +20,22 @@ SEED = Path(__file__).resolve().parents[3] / "zoo" / "seed"
 @pytest.mark.parametrize("dataset_name", ["breastmnist", "breast.v2", "Breast_MNIST-"])
 def test_finetuned_card_is_a_valid_card(dataset_name: str) -> None:
     raw = json.loads((SEED / "resnet18-2d.simclr-pneumoniamnist" / "card.json").read_text())
-    parent = StoredCard(**raw, revision=1, created_at=datetime.now(UTC), feature_dim=128,
+    repo = f"taskalign/{raw['name']}"
+    parent = StoredCard(**raw, repo_id=repo, revision=1, commit="c" * 40,
+                        created_at=datetime.now(UTC), feature_dim=128,
                         onnx_parity_max_abs_diff=0.0, files={})
-    plan = FinetunePlan(encoder=parent.name, encoder_revision="1", dataset_id=4, mode="full",
+    plan = FinetunePlan(encoder=repo, encoder_revision="1", encoder_commit="c" * 40,
+                        dataset_id=4, namespace="alice", private=True, mode="full",
                         label_fraction=0.1, seed=0, epochs=2, lr=1e-3, batch_size=32,
                         device="cpu")
     row = DatasetRow(id=4, name=dataset_name, modality="ultrasound")
     card = EncoderCard.model_validate(
         finetuned_card(parent, plan, row, 7, {"auc": 0.81234, "acc": 0.7}))
-    assert card.name.startswith("resnet18-2d.ft-job7-")
+    assert card.name.startswith("resnet18-2d.ft-job7-")  # the short name; the owner is apart
+    assert card.parent == card.lineage["parent"] == repo  # the parent's full repository id
+    assert card.lineage["parent_commit"] == "c" * 40
     assert card.lineage["job_id"] == 7 and card.lineage["params"]["epochs"] == 2
+    assert card.lineage["params"]["namespace"] == "alice"
+    assert card.lineage["params"]["private"] is True
     assert [(e.protocol, e.metric, e.value) for e in card.evaluation] == [
         ("fine_tune", "AUC", 0.8123), ("fine_tune", "ACC", 0.7)]

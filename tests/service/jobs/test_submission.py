@@ -8,11 +8,11 @@ from service.jobs.submission import same_shape
 
 
 def test_request_stored_before_new_fields_matches_todays_dump() -> None:
-    stored = {"type": "finetune", "dataset_id": 1, "encoder": "resnet18-2d.simclr-x",
+    stored = {"type": "finetune", "dataset_id": 1, "encoder": "taskalign/resnet18-2d.simclr-x",
               "encoder_revision": None, "mode": "auto", "label_fraction": 1.0,
               "epochs": "auto", "lr": "auto", "batch_size": "auto", "seed": 0,
               "device": "auto", "method": None, "name": None}  # as written before issue 9
-    today = JobCreate(type="finetune", dataset_id=1, encoder="resnet18-2d.simclr-x")
+    today = JobCreate(type="finetune", dataset_id=1, encoder="taskalign/resnet18-2d.simclr-x")
     assert stored != today.model_dump()
     assert same_shape(stored) == today.model_dump()
     changed = {**stored, "epochs": 3}
