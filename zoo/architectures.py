@@ -7,11 +7,14 @@ a repository-sized zoo.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+MAX_VIT_TOKENS = 1024
 
 
 class ArchitectureError(ValueError):
@@ -19,6 +22,8 @@ class ArchitectureError(ValueError):
 
 
 class ResNetEncoder(nn.Module):
+    size_agnostic = True  # convolutions, then global average pooling
+
     def __init__(self, depth: int, spatial_dims: int, in_channels: int,
                  widths: list[int] | None = None, stem: str = "cifar"):
         super().__init__()
@@ -59,6 +64,12 @@ class ViTEncoder(nn.Module):
                                     f"{patch_size}")
         if hidden_size % num_heads:
             raise ArchitectureError("hidden_size must be divisible by num_heads")
+        tokens = math.prod(s // patch_size for s in img_size)
+        if tokens > MAX_VIT_TOKENS:
+            # Attention memory grows with the square of the token count.
+            raise ArchitectureError(f"img_size {img_size} with patch_size {patch_size} gives "
+                                    f"{tokens} tokens; at most {MAX_VIT_TOKENS} (use larger "
+                                    "patches)")
         self.net = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size,
                        hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers,
                        num_heads=num_heads, classification=False, spatial_dims=spatial_dims)

@@ -11,6 +11,10 @@ import torch
 from torch import nn
 
 PARITY_TOLERANCE = 1e-4
+# Networks that end in global pooling give the same features at any input size. They are
+# exported with dynamic spatial axes and checked on a probe of at most this many pixels a
+# side, so registering one costs the same memory whatever input size its card declares.
+MAX_PROBE_SIDE = 32
 
 
 class ExportError(ValueError):
@@ -23,18 +27,34 @@ def probe_input(in_channels: int, input_size: list[int], batch: int = 2,
     return torch.rand((batch, in_channels, *input_size), generator=gen)
 
 
+def size_agnostic(model: nn.Module) -> bool:
+    return bool(getattr(model, "size_agnostic", False))
+
+
+def probe_size(model: nn.Module, input_size: list[int]) -> list[int]:
+    """The input size to export and check a model at: the declared one, or a small one
+    for size-agnostic networks."""
+    if size_agnostic(model):
+        return [min(s, MAX_PROBE_SIDE) for s in input_size]
+    return list(input_size)
+
+
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """Export with a dynamic batch axis; the file is complete once this returns."""
+    """Export with a dynamic batch axis (and dynamic spatial axes for size-agnostic
+    networks); the file is complete once this returns."""
     import onnx
 
     model = model.eval()
     # The exporter logs one line per missing torchvision op; we do not use torchvision.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    batch = torch.export.Dim("batch", min=1, max=4096)
+    axes: dict[int, torch.export.Dim] = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if size_agnostic(model):
+        for axis in range(2, example.dim()):
+            axes[axis] = torch.export.Dim(f"side{axis - 1}", min=4, max=1024)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True,
-                                    dynamic_shapes={"x": {0: batch}},
+                                    dynamic_shapes={"x": axes},
                                     input_names=["x"], output_names=["features"],
                                     verbose=False)
     if program is None:

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import tempfile
 import urllib.error
 import urllib.request
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -113,13 +116,6 @@ def fetch(name: str, data_dir: Path, timeout: float = 30.0) -> Path:
 MAX_CLASSES = 1000
 
 
-def _array(data: Any, key: str) -> np.ndarray:
-    try:
-        return data[key]
-    except ValueError as err:  # object arrays need pickle, which is never allowed
-        raise DataError(f"{key}: {err} (object and string arrays are refused)") from None
-
-
 def class_indices(labels: np.ndarray, what: str) -> np.ndarray:
     """Labels as int64 class indices in [0, MAX_CLASSES): integers, or floats that are
     finite whole numbers; anything else is refused with what was found."""
@@ -141,55 +137,199 @@ def class_indices(labels: np.ndarray, what: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _nchw_shape(shape: tuple[int, ...], dims: int) -> tuple[int, ...]:
+    """The (N, C, *spatial) shape of an image array as stored: channels-first arrays get a
+    channel axis, channels-last (1 or 3) ones have it moved forward."""
+    if len(shape) == dims + 1:  # (N, *spatial): one channel
+        return (shape[0], 1, *shape[1:])
+    if len(shape) == dims + 2 and shape[-1] in (1, 3):  # channels last
+        return (shape[0], shape[-1], *shape[1:-1])
+    raise DataError(f"unexpected image array shape {shape}")
+
+
+# Largest total of decompressed arrays that load_npz materialises (images, plus labels at
+# the int64 they are converted to). Files under the data directory are trusted further than
+# uploads (ingest.MAX_UPLOAD_DECODED_BYTES), but must not take the host's memory either;
+# the largest shipped file, adrenalmnist3d_64 (396 MiB), fits.
+MAX_DECODED_BYTES = 1 << 30
+_CHUNK = 4 << 20  # bytes read at a time when streaming an image array
+
+
+@dataclass(frozen=True)
+class NpyHeader:
+    """What an .npy member of an npz declares, read from its header without its data."""
+
+    member: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    def describe(self) -> str:
+        return f"{self.member} {self.shape} {self.dtype}"
+
+
+def _read_header(fh: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    version = np.lib.format.read_magic(fh)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fh)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fh)
+    raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
+
+
+def npz_headers(zf: zipfile.ZipFile, keys: list[str]) -> dict[str, NpyHeader]:
+    """Headers of the members named by `keys` (with or without .npy, as np.load finds them);
+    absent keys are left out. Only the first bytes of each member are decompressed."""
+    names = set(zf.namelist())
+    out = {}
+    for key in keys:
+        member = f"{key}.npy" if f"{key}.npy" in names else key if key in names else None
+        if member is None:
+            continue
+        try:
+            with zf.open(member) as fh:
+                shape, fortran_order, dtype = _read_header(fh)
+        except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+            raise DataError(f"{key}: not a readable .npy array ({str(err)[:200]})") from None
+        if any(d < 0 for d in shape):
+            raise DataError(f"{key} declares the impossible shape {shape}")
+        out[key] = NpyHeader(member, tuple(shape), dtype, fortran_order)
+    return out
+
+
+def _read_exact(fh: Any, size: int, key: str) -> bytes:
+    data = fh.read(size)
+    if len(data) != size:
+        raise DataError(f"{key} holds fewer values than its header declares (truncated)")
+    return data
+
+
+def _read_small(zf: zipfile.ZipFile, h: NpyHeader, key: str) -> np.ndarray:
+    """A labels or groups array, whose size the budget already allowed."""
+    try:
+        with zf.open(h.member) as fh:
+            return np.lib.format.read_array(fh, allow_pickle=False)
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"{key}: not a readable .npy array ({str(err)[:200]})") from None
+
+
+def _read_images(zf: zipfile.ZipFile, h: NpyHeader, key: str, dims: int) -> np.ndarray:
+    """The image array as contiguous (N, C, *spatial) uint8, streamed a few MiB at a time
+    into the one full-size allocation (channels-last data is transposed chunk by chunk), so
+    loading costs the dataset's size, not twice or three times it."""
+    shape = _nchw_shape(h.shape, dims)
+    out = np.empty(shape, np.uint8)
+    try:
+        with zf.open(h.member) as fh:
+            if h.fortran_order:  # rare; numpy's reader, then one copy (budgeted twice)
+                out[...] = _to_nchw(np.lib.format.read_array(fh, allow_pickle=False), dims)
+                return out
+            _read_header(fh)
+            per_sample = math.prod(h.shape[1:])
+            step = max(1, _CHUNK // max(per_sample, 1))
+            for i in range(0, shape[0], step):
+                k = min(step, shape[0] - i)
+                chunk = np.frombuffer(_read_exact(fh, k * per_sample, key), np.uint8)
+                chunk = chunk.reshape(k, *h.shape[1:])
+                out[i:i + k] = (np.moveaxis(chunk, -1, 1) if len(h.shape) == dims + 2
+                                else chunk.reshape(k, *shape[1:]))
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"{key}: not a readable .npy array ({str(err)[:200]})") from None
+    return out
+
+
 def _to_nchw(images: np.ndarray, dims: int) -> np.ndarray:
-    if images.ndim == dims + 1:  # (N, *spatial): one channel
+    _nchw_shape(images.shape, dims)
+    if images.ndim == dims + 1:
         return images[:, None]
-    if images.ndim == dims + 2 and images.shape[-1] in (1, 3):  # channels last
-        return np.moveaxis(images, -1, 1)
-    raise DataError(f"unexpected image array shape {images.shape}")
+    return np.moveaxis(images, -1, 1)
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
+
+
+def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
+                     max_bytes: int, what: str) -> int:
+    """Refuse, from the declared headers alone, what load_npz would refuse after loading
+    (dtypes, shapes, counts) and anything that would decompress to more than `max_bytes`.
+    Returns the number of spatial dims."""
+    missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
+               if f"{s}_{k}" not in headers]
+    if missing:
+        raise DataError(f"{what} lacks {missing}; expected train/val/test images and labels")
+    first = headers["train_images"].shape
+    dims = spatial_dims or (3 if len(first) == 4 and first[-1] not in (1, 3) else
+                            len(first) - 1 if len(first) == 3 else 2)
+    total = 0
+    shapes = set()
+    for s in SPLITS:
+        images, labels = headers[f"{s}_images"], headers[f"{s}_labels"]
+        if images.dtype != np.uint8:
+            raise DataError(f"{s}_images has dtype {images.dtype}; expected uint8")
+        if labels.dtype.kind not in "biuf":
+            raise DataError(f"{s}_labels has dtype {labels.dtype}; labels must be integer "
+                            "class indices (object and string arrays are refused)")
+        shapes.add(_nchw_shape(images.shape, dims)[1:])
+        if not labels.shape:
+            raise DataError(f"{s}_labels is a single value; expected one label per image")
+        if math.prod(labels.shape[1:]) != 1:
+            raise DataError(f"{s}_labels has shape {labels.shape}; multi-label sets are not "
+                            "supported yet")
+        if labels.shape[0] != images.shape[0]:
+            raise DataError(f"{s}: {images.shape[0]} images but {labels.shape[0]} labels")
+        # Labels are checked and converted to int64 (temporaries included).
+        total += images.nbytes * (2 if images.fortran_order else 1)
+        total += labels.nbytes + 16 * labels.shape[0]
+    if len(shapes) != 1:
+        raise DataError(f"splits disagree on image shape: {sorted(shapes)}")
+    groups = headers.get("train_groups")
+    if groups is not None:
+        if groups.dtype.kind not in "iu":
+            raise DataError(f"train_groups has dtype {groups.dtype}; expected integers")
+        if groups.shape != headers["train_labels"].shape[:1]:
+            raise DataError(f"train_groups has shape {groups.shape}; expected one group id "
+                            f"per train image ({headers['train_labels'].shape[0]},)")
+        total += groups.nbytes + 8 * groups.shape[0]
+    if total > max_bytes:
+        largest = max(headers.values(), key=lambda h: h.nbytes)
+        raise DataError(f"{what} declares {_mib(total)} of arrays once decompressed (the "
+                        f"largest: {largest.describe()}); at most {_mib(max_bytes)} are "
+                        "accepted")
+    return dims
 
 
 def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = None,
-             verify_md5: str | None = None) -> Dataset:
-    """Load `train_images` ... `test_labels`; validate keys, dtypes, shapes, labels."""
+             verify_md5: str | None = None, max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
+    """Load `train_images` ... `test_labels`; validate keys, dtypes, shapes, labels.
+
+    Every .npy header is read and checked first, and the declared sizes summed against
+    `max_bytes`, so a small file that declares huge arrays, or arrays of the wrong kind, is
+    refused before any of its data is decompressed."""
     path = Path(path)
     if verify_md5 and md5(path) != verify_md5:
         raise DataError(f"{path} does not match its expected MD5 {verify_md5}")
     try:
-        data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as err:
-        raise DataError(f"{path}: not a readable npz without pickles ({err})") from None
-    with data:
-        missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
-                   if f"{s}_{k}" not in data.files]
-        if missing:
-            raise DataError(f"{path.name} lacks {missing}; expected train/val/test images and "
-                            "labels")
-        first = data["train_images"]
-        dims = spatial_dims or (3 if first.ndim == 4 and first.shape[-1] not in (1, 3) else
-                                first.ndim - 1 if first.ndim == 3 else 2)
+        zf = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise DataError(f"{path.name}: not a readable npz archive ({err})") from None
+    with zf:
+        keys = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")] + ["train_groups"]
+        headers = npz_headers(zf, keys)
+        dims = check_npz_layout(headers, spatial_dims, max_bytes, path.name)
         splits = {}
         for s in SPLITS:
-            images, labels = _array(data, f"{s}_images"), _array(data, f"{s}_labels")
-            if images.dtype != np.uint8:
-                raise DataError(f"{s}_images has dtype {images.dtype}; expected uint8")
-            labels = labels.reshape(len(labels), -1)
-            if labels.shape[1] != 1:
-                raise DataError(f"{s}_labels has shape {labels.shape}; multi-label sets are "
-                                "not supported yet")
-            if len(labels) != len(images):
-                raise DataError(f"{s}: {len(images)} images but {len(labels)} labels")
-            splits[s] = Split(torch.from_numpy(np.ascontiguousarray(_to_nchw(images, dims))),
-                              torch.from_numpy(class_indices(labels[:, 0], f"{s}_labels")))
-        groups_key = "train_groups"
-        if groups_key in data.files:
-            groups = _array(data, groups_key)
-            if not np.issubdtype(groups.dtype, np.integer):
-                raise DataError(f"{groups_key} has dtype {groups.dtype}; expected integers")
+            images = _read_images(zf, headers[f"{s}_images"], f"{s}_images", dims)
+            labels = _read_small(zf, headers[f"{s}_labels"], f"{s}_labels")
+            labels = class_indices(labels.reshape(len(labels)), f"{s}_labels")
+            splits[s] = Split(torch.from_numpy(images), torch.from_numpy(labels))
+        if "train_groups" in headers:
+            groups = _read_small(zf, headers["train_groups"], "train_groups")
             splits["train"].groups = torch.from_numpy(groups.astype(np.int64))
-    shapes = {tuple(s.images.shape[1:]) for s in splits.values()}
-    if len(shapes) != 1:
-        raise DataError(f"splits disagree on image shape: {sorted(shapes)}")
     return Dataset(name or path.stem, splits, registry().get(name or path.stem, {}))
 
 
@@ -208,65 +348,121 @@ def load_dataset(name: str, data_dir: Path | None = None, download: bool = False
     return load_npz(path, name, info["spatial_dims"], verify_md5=info["md5"])
 
 
+MAX_IMAGE_SIDE = 512  # ingest.check refuses larger images; load_folder refuses them unread
+MAX_ROWS = 100_000  # as many images as an uploaded archive may hold (ingest.MAX_ENTRIES)
+MAX_CSV_BYTES = 16 << 20  # 100,000 rows of 160 characters
+
+
+def _read_rows(labels_csv: Path) -> list[tuple[str, str, str, str]]:
+    """(filename, label, split, group) per row, validated as they stream in: a CSV with more
+    rows or bytes than any dataset needs is refused before it fills memory."""
+    size = labels_csv.stat().st_size
+    if size > MAX_CSV_BYTES:
+        raise DataError(f"{labels_csv.name} is {_mib(size)}; at most {_mib(MAX_CSV_BYTES)} "
+                        f"({MAX_ROWS:,} rows) are accepted")
+    rows = []
+    try:
+        with open(labels_csv, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            if not {"filename", "label"} <= set(reader.fieldnames or ()):
+                raise DataError(f"{labels_csv.name} needs the columns filename,label")
+            for line, r in enumerate(reader, start=2):  # line 1 is the header
+                if len(rows) == MAX_ROWS:
+                    raise DataError(f"{labels_csv.name} has more than {MAX_ROWS:,} rows")
+                for column in ("filename", "label"):
+                    if not (r.get(column) or "").strip():
+                        raise DataError(f"{labels_csv.name} line {line}: empty {column}")
+                split, group = r.get("split") or "", r.get("group") or ""
+                if split and split not in SPLITS:
+                    raise DataError(f"{labels_csv.name} line {line}: split '{split[:100]}' is "
+                                    f"not one of {', '.join(SPLITS)}")
+                if group and not (group.lstrip("-").isdigit() and len(group) <= 18):
+                    raise DataError(f"{labels_csv.name} line {line}: group '{group[:100]}' is "
+                                    "not an integer patient id")
+                rows.append((r["filename"], r["label"], split, group))
+    except (csv.Error, UnicodeDecodeError) as err:
+        raise DataError(f"{labels_csv.name} is not a readable UTF-8 CSV "
+                        f"({str(err)[:200]})") from None
+    if not rows:
+        raise DataError(f"{labels_csv.name} lists no images; it needs the columns "
+                        "filename,label and one row per image")
+    return rows
+
+
+def _image_error(name: str) -> DataError:
+    return DataError(f"{name[:200]}: not a readable image")
+
+
 def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: float = 0.1,
-                test_fraction: float = 0.2, seed: int = 0, channels: int = 1) -> Dataset:
+                test_fraction: float = 0.2, seed: int = 0, channels: int = 1,
+                max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
     """Images (PNG/JPEG) in a folder, labels in a CSV with columns `filename,label` and
-    optionally `split` (train/val/test) and `group` (patient id)."""
+    optionally `split` (train/val/test) and `group` (patient id).
+
+    Every image's size is read from its header first (PIL opens lazily): one too large, or
+    all of them together decoding to more than `max_bytes`, is refused before any pixel is
+    decoded; then images are decoded one at a time into arrays allocated once."""
     from PIL import Image
 
     folder = Path(folder)
     labels_csv = Path(labels_csv or folder / "labels.csv")
     if not labels_csv.exists():
         raise DataError(f"no labels CSV at {labels_csv}")
-    with open(labels_csv, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows or not {"filename", "label"} <= set(rows[0]):
-        raise DataError(f"{labels_csv.name} needs the columns filename,label")
-    for line, r in enumerate(rows, start=2):  # line 1 is the header
-        for column in ("filename", "label"):
-            if not (r.get(column) or "").strip():
-                raise DataError(f"{labels_csv.name} line {line}: empty {column}")
-        if r.get("split") and r["split"] not in SPLITS:
-            raise DataError(f"{labels_csv.name} line {line}: split '{r['split']}' is not "
-                            f"one of {', '.join(SPLITS)}")
-        if r.get("group") and not r["group"].lstrip("-").isdigit():
-            raise DataError(f"{labels_csv.name} line {line}: group '{r['group']}' is not an "
-                            "integer patient id")
-    if len({r["label"] for r in rows}) > MAX_CLASSES:
+    rows = _read_rows(labels_csv)
+    if len({r[1] for r in rows}) > MAX_CLASSES:
         raise DataError(f"{labels_csv.name} has more than {MAX_CLASSES} distinct labels")
-    classes = sorted({r["label"] for r in rows})
+    classes = sorted({r[1] for r in rows})
     index = {c: i for i, c in enumerate(classes)}
-    rng = np.random.default_rng(seed)
-    arrays, labels, splits, groups = [], [], [], []
-    size = None
-    for r in rows:
-        path = (folder / r["filename"]).resolve()
-        if folder.resolve() not in path.parents:
-            raise DataError(f"{r['filename']}: path leaves the dataset folder")
+    root = folder.resolve()
+    paths, size = [], None
+    for filename, *_ in rows:
+        path = (folder / filename).resolve()
+        if root not in path.parents:
+            raise DataError(f"{filename[:200]}: path leaves the dataset folder")
         try:
             with Image.open(path) as img:
-                arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+                w, h = img.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(f"{filename[:200]} declares an image far too large; at most "
+                            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE} pixels") from None
         except (OSError, ValueError):
-            raise DataError(f"{r['filename']}: not a readable image") from None
+            raise _image_error(filename) from None
+        if max(w, h) > MAX_IMAGE_SIDE:
+            raise DataError(f"{filename[:200]} is {w}x{h} pixels; images may be at most "
+                            f"{MAX_IMAGE_SIDE}x{MAX_IMAGE_SIDE}")
         if size is None:
-            size = arr.shape[:2]
-        if arr.shape[:2] != size:
-            raise DataError(f"{r['filename']} is {arr.shape[:2]}, others are {size}; resize "
-                            "all images to one size")
-        arrays.append(arr if channels == 1 else arr.transpose(2, 0, 1))
-        labels.append(index[r["label"]])
+            size = (h, w)
+        if (h, w) != size:
+            raise DataError(f"{filename[:200]} is {(h, w)}, others are {size}; resize all "
+                            "images to one size")
+        paths.append(path)
+    assert size is not None
+    total = len(rows) * channels * size[0] * size[1]
+    if total > max_bytes:
+        raise DataError(f"the {len(rows):,} images of {size[1]}x{size[0]} pixels decode to "
+                        f"{_mib(total)} ({channels} channel(s) of 8 bits); at most "
+                        f"{_mib(max_bytes)} are accepted")
+    rng = np.random.default_rng(seed)
+    splits = []
+    for _, _, split, _ in rows:
         draw = rng.random()
-        splits.append(r.get("split") or ("test" if draw < test_fraction else
-                                         "val" if draw < test_fraction + val_fraction else
-                                         "train"))
-        groups.append(int(r["group"]) if r.get("group") else -1)
-    images = np.stack(arrays)
-    if channels == 1:
-        images = images[:, None]
-    out = {}
-    for s in SPLITS:
-        mask = np.array([x == s for x in splits])
-        out[s] = Split(torch.from_numpy(images[mask].copy()),
-                       torch.tensor(np.array(labels)[mask], dtype=torch.int64),
-                       torch.tensor(np.array(groups)[mask], dtype=torch.int64))
+        splits.append(split or ("test" if draw < test_fraction else
+                                "val" if draw < test_fraction + val_fraction else "train"))
+    images = {s: np.empty((splits.count(s), channels, *size), np.uint8) for s in SPLITS}
+    labels = {s: [] for s in SPLITS}
+    groups = {s: [] for s in SPLITS}
+    mode = "L" if channels == 1 else "RGB"
+    for (filename, label, _, group), path, s in zip(rows, paths, splits, strict=True):
+        try:
+            with Image.open(path) as img:
+                if img.size != (size[1], size[0]):  # changed since it was measured
+                    raise _image_error(filename)
+                arr = np.asarray(img.convert(mode))
+        except (OSError, ValueError, Image.DecompressionBombError):
+            raise _image_error(filename) from None
+        images[s][len(labels[s])] = arr if channels == 1 else arr.transpose(2, 0, 1)
+        labels[s].append(index[label])
+        groups[s].append(int(group) if group else -1)
+    out = {s: Split(torch.from_numpy(images[s]), torch.tensor(labels[s], dtype=torch.int64),
+                    torch.tensor(groups[s], dtype=torch.int64)) for s in SPLITS}
     return Dataset(folder.name, out, {"labels": classes, "channels": channels})
