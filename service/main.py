@@ -19,6 +19,7 @@ from .config import Settings, get_settings
 from .db import make_engine, ping, session_factory
 from .limits import BodySizeLimit
 from .migrate import upgrade
+from .responses import EVERY_ROUTE
 from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
 from .url_guard import RejectNulInUrl
 from .zoo_state import ZooState
@@ -80,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db_engine.dispose()
 
     app = FastAPI(title="TaskAlign", version="0.1.0", description=API_DESCRIPTION,
-                  lifespan=lifespan)
+                  lifespan=lifespan, responses=EVERY_ROUTE)
     app.state.settings = settings
     app.state.rules_engine = rules_engine
     app.state.db_engine = db_engine
@@ -103,6 +104,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
         ("POST", "/v1/encoders", settings.max_upload_bytes),
         ("POST", "/v1/datasets", settings.max_upload_bytes),
-        ("POST", "/v1/encoders/*/embed", settings.max_embed_bytes),
+        ("POST", "/v1/encoders/*/*/embed", settings.max_embed_bytes),
     ])
     return app

@@ -22,6 +22,7 @@ from rules.knowledge import (
 from ..deps import EngineDep
 from ..errors import not_found
 from ..pagination import Limit, Offset, Page
+from ..responses import NOT_FOUND
 
 router = APIRouter(tags=["knowledge"])
 
@@ -118,7 +119,7 @@ def list_references(
     return Page[Reference](data=items[offset: offset + limit], count=len(items))
 
 
-@router.get("/references/{ref_id}", response_model_exclude_none=True)
+@router.get("/references/{ref_id}", response_model_exclude_none=True, responses=NOT_FOUND)
 def get_reference(ref_id: str, engine: EngineDep) -> Reference:
     """One reference by number (e.g. 23) or external id (e.g. seed2)."""
     key: int | str = int(ref_id) if ref_id.isascii() and ref_id.isdigit() else ref_id

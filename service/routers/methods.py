@@ -9,6 +9,7 @@ from rules.recommendation import Evidence
 from ..deps import EngineDep
 from ..errors import not_found
 from ..pagination import Limit, Offset, Page
+from ..responses import NOT_FOUND
 
 router = APIRouter(prefix="/methods", tags=["methods"])
 
@@ -45,7 +46,7 @@ def list_methods(
         data=[method_public(engine, m) for m in found[offset: offset + limit]], count=len(found))
 
 
-@router.get("/{method_id}")
+@router.get("/{method_id}", responses=NOT_FOUND)
 def get_method(method_id: str, engine: EngineDep) -> MethodPublic:
     """One method with its defaults, data needs and expanded references."""
     method = engine.kb.methods.get(method_id)

@@ -11,6 +11,7 @@ from rules import Engine, Recommendation, TaskProfile
 from zoo.matching import EncoderFacts, rank_encoders
 
 from ..deps import EngineDep, ZooDep
+from ..responses import error
 
 router = APIRouter(prefix="/recommendations", tags=["recommendations"])
 
@@ -50,7 +51,7 @@ def recommendation_json(engine: Engine, profile: TaskProfile, matches: Matcher) 
 
 
 @router.post("", response_model=RecommendationPublic,
-             responses={422: {"description": "Unknown value or contradictory profile"}})
+             responses=error((422, "Unknown value or contradictory profile")))
 async def create_recommendation(profile: TaskProfile, engine: EngineDep,
                                 zoo: ZooDep) -> Response:
     """Rank pretext methods, hyperparameters, augmentations, warnings and zoo encoders."""

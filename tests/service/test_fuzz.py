@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from tests.conftest import free_port
-from tests.utils import DATA_DIR, card, upload_files, weights
+from tests.utils import DATA_DIR, card, repo, upload_files, weights
 
 ADMIN = "fuzz-admin-token-0123456789"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
@@ -49,7 +49,7 @@ def seeded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             ds = httpx.post(f"{url}/v1/datasets", headers=AUTH, json={
                 "name": "breast", "path": str(path), "modality": "ultrasound"}).json()
             httpx.post(f"{url}/v1/jobs", headers=AUTH, json={
-                "type": "finetune", "dataset_id": ds["id"], "encoder": c["name"]})
+                "type": "finetune", "dataset_id": ds["id"], "encoder": repo(c["name"])})
         yield url
     finally:
         proc.terminate()
