@@ -38,12 +38,14 @@ class ResNetEncoder(nn.Module):
         if stem not in ("cifar", "imagenet"):
             raise ArchitectureError("stem must be 'cifar' (3x3, no pooling) or 'imagenet'")
         cifar = stem == "cifar"
-        self.net = ResNet(
-            block="basic", layers=layers[depth], block_inplanes=widths,
+        # Kept so that a model card can print the same MONAI constructor call.
+        self.monai_kwargs: dict[str, Any] = dict(
+            block="basic", layers=layers[depth], block_inplanes=list(widths),
             spatial_dims=spatial_dims, n_input_channels=in_channels,
             conv1_t_size=3 if cifar else 7, conv1_t_stride=1 if cifar else 2,
             no_max_pool=cifar, feed_forward=False,
         )
+        self.net = ResNet(**self.monai_kwargs)
         self.feature_dim = widths[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -70,9 +72,11 @@ class ViTEncoder(nn.Module):
             raise ArchitectureError(f"img_size {img_size} with patch_size {patch_size} gives "
                                     f"{tokens} tokens; at most {MAX_VIT_TOKENS} (use larger "
                                     "patches)")
-        self.net = ViT(in_channels=in_channels, img_size=img_size, patch_size=patch_size,
-                       hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers,
-                       num_heads=num_heads, classification=False, spatial_dims=spatial_dims)
+        self.monai_kwargs: dict[str, Any] = dict(
+            in_channels=in_channels, img_size=list(img_size), patch_size=patch_size,
+            hidden_size=hidden_size, mlp_dim=mlp_dim, num_layers=num_layers,
+            num_heads=num_heads, classification=False, spatial_dims=spatial_dims)
+        self.net = ViT(**self.monai_kwargs)
         self.feature_dim = hidden_size
         self.patch_size = patch_size
         self.img_size = list(img_size)
