@@ -76,7 +76,7 @@ def ours(method: str, images: torch.Tensor, policy: Policy, batch: int, steps: i
     stamps: dict[int, float] = {}
     n = batch * (steps + 1)
 
-    def stamp(step: int, _total: int) -> None:
+    def stamp(step: int, _total: int, _loss: object = None) -> None:
         if device.type == "cuda":
             torch.cuda.synchronize()
         stamps[step] = time.perf_counter()

@@ -17,9 +17,13 @@ app = typer.Typer(help="TaskAlign: task-aligned self-supervised learning for med
 
 
 def _register_subcommands() -> None:
+    from .cli_datasets import app as datasets_app
+    from .cli_jobs import app as jobs_app
     from .cli_zoo import app as zoo_app
 
     app.add_typer(zoo_app, name="zoo")
+    app.add_typer(datasets_app, name="datasets")
+    app.add_typer(jobs_app, name="jobs")
 
 
 _register_subcommands()
@@ -91,14 +95,16 @@ def recommend(
     }
     try:
         profile = TaskProfile.model_validate({k: v for k, v in raw.items() if v is not None})
-        rec = default_engine().recommend(profile)
+        engine = default_engine()
+        ev = engine.evaluate(profile)
+        encoders = _local_encoders()
         if as_json:
             from .routers.recommendations import matcher_over, recommendation_json
 
-            body = recommendation_json(default_engine(), profile,
-                                       matcher_over(_local_encoders()))
+            body = recommendation_json(engine, profile, matcher_over(encoders))
             typer.echo(body.decode())
             return
+        rec = engine.recommend(profile)
     except ValidationError as err:
         for e in err.errors():
             field = ".".join(str(p) for p in e["loc"])
@@ -107,7 +113,11 @@ def recommend(
     except ProfileConflict as err:
         err_console.print(f"[red]error[/red] {err.field}: {err.reason}")
         raise typer.Exit(2) from None
-    _print_recommendation(rec)
+    from zoo.matching import rank_encoders
+
+    # Every usable encoder, ranked as the API ranks them (which lists the best 5).
+    matches = rank_encoders(ev.profile, ev.ranked, encoders, limit=max(len(encoders), 5))
+    _print_recommendation(rec, matches, _implemented())
 
 
 def _local_encoders() -> list:
@@ -138,20 +148,58 @@ def _local_encoders() -> list:
                          in_channels=r.in_channels, feature_dim=r.feature_dim) for r in rows]
 
 
-def _print_recommendation(rec: Recommendation) -> None:
+def _implemented() -> frozenset[str]:
+    """Method ids with a pretext objective in this installation (zoo.training's registry;
+    it needs torch, so it is read only for the human-readable answer)."""
+    try:
+        from zoo.training.pretext.registry import OBJECTIVES
+    except ImportError:  # no training stack installed: nothing runs here
+        return frozenset()
+    return frozenset(OBJECTIVES)
+
+
+def _print_recommendation(rec: Recommendation, matches: list[dict] | None = None,
+                          implemented: frozenset[str] = frozenset()) -> None:
+    """The answer for a terminal, readable at 80 columns: a narrow table whose method ids
+    are never cut, then each method's details (name, family, hyperparameters, matching zoo
+    encoders) on lines of their own."""
+    from rich.padding import Padding
+
+    matches = matches or []
     p = rec.profile
     console.print(f"[bold]{p.task}[/bold] · {p.modality}"
                   f"{' · ' + p.anatomy if p.anatomy else ''} · {p.dimensionality} · "
                   f"labels: [bold]{p.label_regime}[/bold] ({p.label_regime_source})")
     table = Table(show_lines=False)
-    for col in ("#", "method", "family", "Table 3", "score", "key hyperparameters"):
-        table.add_column(col)
+    table.add_column("#", justify="right")
+    table.add_column("method", no_wrap=True,
+                     min_width=max((len(r.id) for r in rec.recommendations), default=6))
+    table.add_column("Table 3", no_wrap=True)
+    table.add_column("score", justify="right", no_wrap=True)
+    table.add_column("pretext", no_wrap=True)
+    for r in rec.recommendations:
+        runs = "[green]runnable here[/green]" if r.id in implemented else "literature only"
+        table.add_row(str(r.rank), r.id, r.alignment.rating, f"{r.score:g}", runs)
+    console.print(table)
     keys = ("mask_ratio", "temperature", "crop_scale", "grid", "patch_size", "queue_size")
     for r in rec.recommendations:
+        console.print(f"[bold]{r.rank}. {r.id}[/bold]: {r.name} ({r.family})", highlight=False)
+        details = []
         hp = ", ".join(f"{k}={r.hyperparameters[k]}" for k in keys if k in r.hyperparameters)
-        table.add_row(str(r.rank), f"{r.name} [dim]({r.id})[/dim]", r.family,
-                      r.alignment.rating, f"{r.score:g}", hp)
-    console.print(table)
+        if hp:
+            details.append(f"hyperparameters: {hp}")
+        zoo = [m["name"] for m in matches if m["method_id"] == r.id]
+        details.append(f"zoo: {', '.join(zoo)}" if zoo else "[dim]zoo: no encoder[/dim]")
+        for line in details:
+            console.print(Padding(line, (0, 0, 0, 4), expand=False), highlight=False)
+    if implemented:
+        console.print("[dim]runnable here: taskalign jobs submit --type pretrain --method ID; "
+                      "literature only: in the review, no objective implemented[/dim]")
+    if matches:
+        console.print("[bold]zoo encoders[/bold] for this profile, best first:")
+        for m in matches[:5]:
+            console.print(Padding(f"{m['name']} ({m['score']:g}): {'; '.join(m['reasons'])}",
+                                  (0, 0, 0, 2), expand=False), highlight=False)
     colour = {"high": "red", "medium": "yellow", "low": "cyan"}
     for w in rec.warnings:
         refs = ", ".join(f"[{e.id}]" for e in w.evidence)

@@ -7,55 +7,59 @@ import os
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 from rich.table import Table
+
+from .cli_http import Client, Token
 
 app = typer.Typer(help="The model zoo: list, show, download, export, pull, push.",
                   no_args_is_help=True)
 console = Console()
 err = Console(stderr=True)
 
-Endpoint = Annotated[str, typer.Option(envvar="TASKALIGN_ZOO_URL",
-                                       help="Zoo server (REST API root).")]
-DEFAULT = "http://127.0.0.1:8000"
+# `--endpoint` is the option's earlier name; TASKALIGN_ZOO_URL its earlier variable (still
+# read, with a note, when TASKALIGN_URL is not set).
+Endpoint = Annotated[str | None, typer.Option(
+    "--url", "--endpoint", envvar="TASKALIGN_URL", show_default=False,
+    help="Zoo server root. Default: TASKALIGN_URL, else http://TASKALIGN_HOST:TASKALIGN_PORT.")]
 
 
-def _get(url: str) -> httpx.Response:
-    try:
-        r = httpx.get(url, timeout=30)
-    except httpx.TransportError as e:
-        err.print(f"[red]error[/red] cannot reach {url}: {e}")
-        raise typer.Exit(1) from None
-    if r.status_code >= 400:
-        detail = r.json().get("detail") if "json" in r.headers.get("content-type", "") else r.text
-        err.print(f"[red]error[/red] {r.status_code}: {detail}")
-        raise typer.Exit(1)
-    return r
+def _client(endpoint: str | None, token: str | None = None) -> Client:
+    return Client(endpoint, token, zoo_alias=True)
 
 
 @app.command("list")
-def list_encoders(endpoint: Endpoint = DEFAULT,
-                  modality: Annotated[str | None, typer.Option()] = None,
-                  method: Annotated[str | None, typer.Option()] = None) -> None:
+def list_encoders(endpoint: Endpoint = None,
+                  modality: Annotated[str | None, typer.Option(
+                      help="ct, mri, xray, ... (aliases such as cxr accepted).")] = None,
+                  method: Annotated[str | None, typer.Option()] = None,
+                  family: Annotated[str | None, typer.Option()] = None,
+                  dims: Annotated[str | None, typer.Option(help="2d or 3d.")] = None,
+                  q: Annotated[str | None, typer.Option(
+                      help="Text in name, description, modality, anatomy or dataset.")]
+                  = None,
+                  token: Token = None) -> None:
     """List encoders on a zoo server."""
-    params = {k: v for k, v in {"modality": modality, "method": method}.items() if v}
-    body = _get(f"{endpoint}/v1/encoders?" + "&".join(f"{k}={v}" for k, v in params.items()))
-    table = Table(title=f"{body.json()['count']} encoders")
+    params = {k: v for k, v in {"modality": modality, "method": method, "family": family,
+                                "dims": dims, "q": q}.items() if v}
+    with _client(endpoint, token) as client:
+        body = client.get("/v1/encoders", params={**params, "limit": 500})
+    table = Table(title=f"{body['count']} encoders")
     for col in ("name", "method", "modality", "dims", "ch", "dim", "rev"):
-        table.add_column(col)
-    for e in body.json()["data"]:
+        table.add_column(col, overflow="fold")
+    for e in body["data"]:
         table.add_row(e["name"], e["method_id"], e["modality"], str(e["spatial_dims"]),
                       str(e["in_channels"]), str(e["feature_dim"]), str(e["latest_revision"]))
     console.print(table)
 
 
 @app.command()
-def show(name: str, endpoint: Endpoint = DEFAULT) -> None:
+def show(name: str, endpoint: Endpoint = None, token: Token = None) -> None:
     """Show an encoder's card, evaluations and revisions."""
-    e = _get(f"{endpoint}/v1/encoders/{name}").json()
+    with _client(endpoint, token) as client:
+        e = client.get(f"/v1/encoders/{name}")
     card = e["card"]
     console.print(f"[bold]{e['name']}[/bold] - {card['pretext']['method_id']} on "
                   f"{card['pretraining_data']['name']} ({card['modality']}, "
@@ -69,39 +73,44 @@ def show(name: str, endpoint: Endpoint = DEFAULT) -> None:
 
 
 @app.command()
-def download(name: str, endpoint: Endpoint = DEFAULT,
+def download(name: str, endpoint: Endpoint = None,
              revision: Annotated[str | None, typer.Option()] = None,
-             dest: Annotated[Path, typer.Option(help="Target folder.")] = Path(".")) -> None:
+             dest: Annotated[Path, typer.Option(help="Target folder.")] = Path("."),
+             token: Token = None) -> None:
     """Download a revision's files, checking each against its sha256."""
-    info = _get(f"{endpoint}/v1/encoders/{name}").json()
-    rev = next((r for r in info["revisions"]
-                if revision in (None, str(r["revision"]), r["commit"])), None)
-    if revision is None:
-        rev = info["revisions"][-1]
-    if rev is None:
-        err.print(f"[red]error[/red] no revision {revision} of {name}")
-        raise typer.Exit(1)
-    folder = dest / name
-    folder.mkdir(parents=True, exist_ok=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                  TransferSpeedColumn(), console=console) as progress:
-        for filename, meta in sorted(rev["files"].items()):
-            task = progress.add_task(filename, total=meta["size"])
-            target = folder / filename
-            part = target.with_name(target.name + ".part")
-            digest = hashlib.sha256()
-            url = f"{endpoint}/v1/encoders/{name}/files/{filename}?revision={rev['revision']}"
-            with httpx.stream("GET", url, timeout=60) as r, open(part, "wb") as fh:
-                r.raise_for_status()
-                for chunk in r.iter_bytes(1 << 20):
-                    digest.update(chunk)
-                    fh.write(chunk)
-                    progress.advance(task, len(chunk))
-            if digest.hexdigest() != meta["sha256"]:
-                part.unlink()
-                err.print(f"[red]error[/red] {filename}: sha256 mismatch; file discarded")
-                raise typer.Exit(1)
-            os.replace(part, target)
+    with _client(endpoint, token) as client:
+        info = client.get(f"/v1/encoders/{name}")
+        rev = next((r for r in info["revisions"]
+                    if revision in (None, str(r["revision"]), r["commit"])), None)
+        if revision is None:
+            rev = info["revisions"][-1]
+        if rev is None:
+            err.print(f"[red]error[/red] no revision {revision} of {name}")
+            raise typer.Exit(1)
+        folder = dest / name
+        folder.mkdir(parents=True, exist_ok=True)
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                      TransferSpeedColumn(), console=console) as progress:
+            for filename, meta in sorted(rev["files"].items()):
+                task = progress.add_task(filename, total=meta["size"])
+                target = folder / filename
+                part = target.with_name(target.name + ".part")
+                digest = hashlib.sha256()
+                path = f"/v1/encoders/{name}/files/{filename}"
+                with client.http.stream("GET", path, params={"revision": rev["revision"]}) as r, \
+                        open(part, "wb") as fh:
+                    if r.status_code >= 400:
+                        r.read()
+                        raise client.refused(r)
+                    for chunk in r.iter_bytes(1 << 20):
+                        digest.update(chunk)
+                        fh.write(chunk)
+                        progress.advance(task, len(chunk))
+                if digest.hexdigest() != meta["sha256"]:
+                    part.unlink()
+                    err.print(f"[red]error[/red] {filename}: sha256 mismatch; file discarded")
+                    raise typer.Exit(1)
+                os.replace(part, target)
     console.print(f"saved {len(rev['files'])} verified files to {folder}")
 
 
@@ -210,7 +219,8 @@ def build(recipes: Annotated[list[str] | None, typer.Argument(
                       transient=True) as progress:
             task = progress.add_task(recipe.name, total=None)
 
-            def step(done: int, total: int, task=task) -> None:  # noqa: ANN001
+            def step(done: int, total: int, _loss: object = None,
+                     task=task) -> None:  # noqa: ANN001
                 progress.update(task, completed=done, total=total)
 
             built.append(build_one(recipe, out, log=progress.console.print, on_step=step))
