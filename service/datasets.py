@@ -43,7 +43,8 @@ class DatasetPath(BaseModel):
     """Register a file or folder that already lies under the data directory."""
 
     name: str = Field(pattern=NAME)
-    path: str = Field(description="npz file or folder with labels.csv, under the data dir.")
+    path: str = Field(description="npz file or folder of images (with labels.csv for "
+                      "labels; without, an unlabelled set), under the data dir.")
     modality: str | None = None
 
 
@@ -62,6 +63,8 @@ class DatasetPublic(BaseModel):
     channels: int
     image_size: list[int]
     num_classes: int
+    labelled: bool = Field(description="False for images without labels: usable to "
+                           "pretrain, not to fine-tune or evaluate.")
     summary: dict[str, Any]
     created_at: datetime
 
@@ -109,8 +112,8 @@ def load_path(spec: DatasetPath, settings: Settings, user: User) -> Dataset:
 
 def load_upload(filename: str, data: bytes, name: str, channels: int,
                 max_bytes: int) -> tuple[Dataset, Kind, bytes]:
-    """Decode an uploaded .npz or .zip (images + labels.csv); returns the dataset, its kind
-    and the canonical npz bytes to store."""
+    """Decode an uploaded .npz or .zip (images, with labels.csv unless unlabelled); returns
+    the dataset, its kind and the canonical npz bytes to store."""
     from zoo.datasets.ingest import from_npz_bytes, from_zip_bytes, to_npz_bytes
     from zoo.datasets.readers import DataError
 
@@ -123,8 +126,8 @@ def load_upload(filename: str, data: bytes, name: str, channels: int,
             return dataset, "folder", to_npz_bytes(dataset)
     except DataError as err:
         raise InvalidDataset("file", str(err)) from None
-    raise InvalidDataset("file", "upload a .npz (MedMNIST keys) or a .zip of images with "
-                                 "labels.csv")
+    raise InvalidDataset("file", "upload a .npz (MedMNIST keys) or a .zip of images (with "
+                                 "labels.csv, or without for an unlabelled set)")
 
 
 def store(zoo: ZooState, owner: str, name: str, kind: Kind, dataset: Dataset,
@@ -142,8 +145,8 @@ def store(zoo: ZooState, owner: str, name: str, kind: Kind, dataset: Dataset,
             row = DatasetRow(name=name, owner=owner, kind=kind, sha256=sha, path=path,
                              size=size, modality=modality, spatial_dims=dataset.spatial_dims,
                              channels=dataset.channels, image_size=dataset.image_size,
-                             num_classes=dataset.num_classes, summary=summarise(dataset),
-                             created_at=now())
+                             num_classes=dataset.num_classes, labelled=dataset.labelled,
+                             summary=summarise(dataset), created_at=now())
             session.add(row)
             session.flush()
             return DatasetPublic.model_validate(row)

@@ -11,6 +11,7 @@ decides nothing.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Literal, TypeVar
 
@@ -59,6 +60,10 @@ class JobCreate(BaseModel):
 
     type: JobType
     dataset_id: int = Field(ge=0, le=2**31 - 1)
+    eval_dataset_id: int | None = Field(
+        None, ge=0, le=2**31 - 1, description="Labelled dataset the new encoder is evaluated "
+        "on (pretrain); default the training dataset, and no evaluation when that is "
+        "unlabelled.")
     encoder: str | None = Field(None, description="Zoo encoder to fine-tune (finetune).")
     encoder_revision: str | None = None
     mode: Literal["auto", "linear_probe", "full"] = "auto"
@@ -93,13 +98,19 @@ class DatasetFacts(BaseModel):
     image_size: list[int]
     num_classes: int
     train_images: int
+    labelled: bool = True
+    # Train images per class index, as measured at registration; empty when unknown.
+    train_per_class: dict[int, int] = {}
 
     @classmethod
     def from_row(cls, row: DatasetRow) -> DatasetFacts:
+        train = row.summary["splits"]["train"]
         return cls(id=row.id, name=row.name, modality=row.modality,
                    spatial_dims=row.spatial_dims, channels=row.channels,
                    image_size=list(row.image_size), num_classes=row.num_classes,
-                   train_images=row.summary["splits"]["train"]["images"])
+                   train_images=train["images"], labelled=row.labelled,
+                   train_per_class={int(c): int(n)
+                                    for c, n in train.get("per_class", {}).items()})
 
     @property
     def slug(self) -> str:
@@ -126,6 +137,11 @@ class FinetunePlan(BaseModel):
     batch_size: int
     augmentations: list[str] = []
     device: Literal["auto", "cpu", "cuda"]
+    labelled_per_class_min: int | None = Field(
+        None, description="Fewest labelled training images of any class this job trains on; "
+        "older plans lack it.")
+    few_labels: bool = Field(False, description="Fewer than 10 labelled training images in "
+                             "some class: scores from so few labels are noisy.")
     auto: dict[str, Any] = {}
 
 
@@ -147,6 +163,11 @@ class PretrainPlan(BaseModel):
     device: Literal["auto", "cpu", "cuda"]
     evaluation: dict[str, Any] = Field(
         default_factory=lambda: dict(pretrain_defaults().evaluation))
+    eval_dataset_id: int | None = Field(None, description="Labelled dataset to evaluate "
+                                        "on; None: the training dataset.")
+    evaluation_skipped: str | None = Field(None, description="Why the encoder is not "
+                                           "evaluated (an unlabelled dataset and no "
+                                           "eval_dataset_id).")
     auto: dict[str, Any] = {}
 
 
@@ -167,10 +188,11 @@ def check_limits(spec: JobCreate) -> None:
             raise InvalidJob(name, f"{name} must be 'auto' or {allowed}")
 
 
-def owned_dataset(session: Session, dataset_id: int, user: User) -> DatasetFacts:
+def owned_dataset(session: Session, dataset_id: int, user: User,
+                  field: str = "dataset_id") -> DatasetFacts:
     row = session.get(DatasetRow, dataset_id)
     if row is None or not user.may_access(row.owner):
-        raise InvalidJob("dataset_id", f"no dataset {dataset_id} of yours (see GET /v1/datasets)")
+        raise InvalidJob(field, f"no dataset {dataset_id} of yours (see GET /v1/datasets)")
     return DatasetFacts.from_row(row)
 
 
@@ -178,8 +200,13 @@ def plan_job(spec: JobCreate, user: User, registry: Registry,
              engine: Engine) -> FinetunePlan | PretrainPlan:
     """Check a request against the stored dataset and encoder and resolve every "auto";
     raises InvalidJob naming the field to fix."""
+    if spec.type == "finetune" and spec.eval_dataset_id is not None:
+        raise InvalidJob("eval_dataset_id", "eval_dataset_id only applies to pretrain jobs; "
+                                            "a fine-tune is scored on its dataset's test split")
     with registry.sessions() as session:
         dataset = owned_dataset(session, spec.dataset_id, user)
+        eval_dataset = None if spec.eval_dataset_id is None else owned_dataset(
+            session, spec.eval_dataset_id, user, "eval_dataset_id")
     check_limits(spec)
     # Results go to the caller's namespace, with the visibility asked for.
     where = {"namespace": default_owner(user), "private": spec.private}
@@ -187,7 +214,8 @@ def plan_job(spec: JobCreate, user: User, registry: Registry,
         given = given_full_only(spec)
         if given:
             raise InvalidJob(given[0], f"{', '.join(given)} only apply to finetune jobs")
-        return plan_pretrain(spec, dataset).model_copy(update=where)
+        return plan_pretrain(spec, dataset, eval_dataset).model_copy(update=where)
+    check_labelled(dataset)  # before the encoder: no encoder makes this dataset usable
     if not spec.encoder:
         raise InvalidJob("encoder", "finetune jobs need an encoder from the zoo")
     revision = registry.revision(spec.encoder, spec.encoder_revision, user)
@@ -211,9 +239,10 @@ def check_compatible(encoder: str, card: dict[str, Any], dataset: DatasetFacts) 
 
 
 def finetune_profile(dataset: DatasetFacts, card: dict[str, Any],
-                     label_fraction: float) -> TaskProfile:
-    """The rules engine's view of a fine-tuning job: the labels it will actually use."""
-    labeled = max(1, round(dataset.train_images * label_fraction))
+                     label_fraction: float, labelled: int | None = None) -> TaskProfile:
+    """The rules engine's view of a fine-tuning job: the labels it will actually use
+    (`labelled`, counted from the subset training draws, where the class counts are known)."""
+    labeled = labelled or max(1, round(dataset.train_images * label_fraction))
     return TaskProfile(task="classification", modality=dataset.modality or card["modality"],
                        labeled=labeled, unlabeled=dataset.train_images - labeled,
                        classes=dataset.num_classes,
@@ -229,11 +258,84 @@ def _resolve(requested: T | Auto, default: Sourced[T], name: str,
     return default.value
 
 
+# Fine-tuning needs this many labelled training images of every class (one image per class
+# cannot separate a class from the noise); below FEW_LABELS a job runs but says so.
+MIN_LABELLED_PER_CLASS = 2
+FEW_LABELS = 10
+
+
+def labelled_per_class(per_class: dict[int, int], fraction: float, seed: int) -> dict[int, int]:
+    """Labelled training images per class that a fine-tune at `fraction` gets: the subset
+    training draws (zoo.training.evaluate.label_subset), drawn here from the class counts so
+    that this check and training cannot disagree."""
+    import torch
+
+    from zoo.training.evaluate import label_subset
+
+    classes = sorted(per_class)
+    labels = torch.repeat_interleave(torch.tensor(classes),
+                                     torch.tensor([per_class[c] for c in classes]))
+    values, counts = torch.unique(labels[label_subset(labels, fraction, seed)],
+                                  return_counts=True)
+    return dict(zip(values.tolist(), counts.tolist(), strict=True))
+
+
+def _round_up(x: float, digits: int = 3) -> float:
+    scale = 10.0 ** (digits - 1 - math.floor(math.log10(x)))
+    return math.ceil(x * scale - 1e-9) / scale
+
+
+def smallest_label_fraction(per_class: dict[int, int], seed: int,
+                            need: int = MIN_LABELLED_PER_CLASS) -> float | None:
+    """The smallest label_fraction (3 significant digits) that leaves `need` labelled images
+    of every class; None when a class has fewer training images than that."""
+    if min(per_class.values()) < need:
+        return None
+    # A start from the rounding label_subset does, checked (and raised) against it.
+    fraction = _round_up((need - 0.5) / min(per_class.values()))
+    while fraction < 1 and min(labelled_per_class(per_class, fraction, seed).values()) < need:
+        fraction = _round_up(fraction * 1.001)
+    return min(fraction, 1.0)
+
+
+def check_label_counts(dataset: DatasetFacts, fraction: float, seed: int) -> dict[int, int]:
+    """Labelled images per class the job will train on; refuses fewer than
+    MIN_LABELLED_PER_CLASS of any class, naming the smallest fraction that works."""
+    counts = labelled_per_class(dataset.train_per_class, fraction, seed)
+    worst = min(counts, key=lambda c: (counts[c], c))
+    if counts[worst] >= MIN_LABELLED_PER_CLASS:
+        return counts
+    have = (f"label_fraction {fraction:g} leaves {counts[worst]} labelled training image(s) "
+            f"per class at the fewest (class {worst}: {counts[worst]} of its "
+            f"{dataset.train_per_class[worst]})")
+    need = f"fine-tuning needs at least {MIN_LABELLED_PER_CLASS} per class"
+    smallest = smallest_label_fraction(dataset.train_per_class, seed)
+    if smallest is None:
+        short = min(dataset.train_per_class, key=lambda c: dataset.train_per_class[c])
+        raise InvalidJob("label_fraction", f"{have}; {need}, and class {short} has only "
+                                           f"{dataset.train_per_class[short]} training "
+                                           "image(s) in all: add images of it")
+    raise InvalidJob("label_fraction", f"{have}; {need}: the smallest label_fraction that "
+                                       f"gives that is {smallest:g}")
+
+
+def check_labelled(dataset: DatasetFacts) -> None:
+    if not dataset.labelled:
+        raise InvalidJob("dataset_id", f"dataset {dataset.name} is unlabelled (images only) "
+                                       "and fine-tuning needs labels: upload it with labels, "
+                                       "or use it to pretrain (type pretrain, with a labelled "
+                                       "eval_dataset_id to evaluate the encoder)")
+
+
 def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
                   engine: Engine) -> FinetunePlan:
+    check_labelled(dataset)
     card = revision.card
     check_compatible(spec.encoder or "", card, dataset)
-    profile = finetune_profile(dataset, card, spec.label_fraction)
+    counts = (check_label_counts(dataset, spec.label_fraction, spec.seed)
+              if dataset.train_per_class else None)
+    profile = finetune_profile(dataset, card, spec.label_fraction,
+                               sum(counts.values()) if counts else None)
     defaults: FinetuneDefaults = engine.finetune_defaults(profile)
     advice = engine.recommend(profile)
     if spec.augmentations != "auto":
@@ -254,6 +356,8 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
         encoder_commit=revision.commit,
         dataset_id=dataset.id, label_fraction=spec.label_fraction, seed=spec.seed,
         device=spec.device, **values,
+        labelled_per_class_min=min(counts.values()) if counts else None,
+        few_labels=bool(counts) and min(counts.values()) < FEW_LABELS,
         auto={"label_regime": defaults.label_regime,
               "derived_from": defaults.label_regime_source,
               "advice": advice.label_advice.evaluation,
@@ -284,7 +388,29 @@ def check_augmentations(names: list[str], avoid: list[AvoidedAugmentation],
                                        f"{', '.join(clash)}; see POST /v1/recommendations")
 
 
-def plan_pretrain(spec: JobCreate, dataset: DatasetFacts) -> PretrainPlan:
+def check_eval_dataset(eval_dataset: DatasetFacts, dataset: DatasetFacts,
+                       patch: int | None) -> None:
+    """The evaluation set needs labels and images the new encoder can read."""
+    what = f"eval_dataset_id {eval_dataset.id} ({eval_dataset.name})"
+    if not eval_dataset.labelled:
+        raise InvalidJob("eval_dataset_id", f"{what} is unlabelled; evaluating an encoder "
+                                            "needs a labelled dataset")
+    if (eval_dataset.spatial_dims, eval_dataset.channels) != (dataset.spatial_dims,
+                                                              dataset.channels):
+        raise InvalidJob("eval_dataset_id", f"{what} is {eval_dataset.spatial_dims}D with "
+                                            f"{eval_dataset.channels} channel(s); the training "
+                                            f"dataset is {dataset.spatial_dims}D with "
+                                            f"{dataset.channels}")
+    if patch and eval_dataset.image_size != dataset.image_size:
+        raise InvalidJob("eval_dataset_id", f"{what} has {eval_dataset.image_size} images; "
+                                            "this method's ViT reads only the training "
+                                            f"dataset's {dataset.image_size}")
+
+
+def plan_pretrain(spec: JobCreate, dataset: DatasetFacts,
+                  eval_dataset: DatasetFacts | None = None) -> PretrainPlan:
+    """Pretraining needs no labels; evaluation does: on `eval_dataset` when given, else on
+    the training dataset, and skipped (saying why) when that is unlabelled."""
     # Objectives are torch modules: the planner imports them only for pretrain requests.
     from zoo.training.build import Recipe, plan_from_rules
     from zoo.training.pretext.registry import OBJECTIVES
@@ -306,6 +432,13 @@ def plan_pretrain(spec: JobCreate, dataset: DatasetFacts) -> PretrainPlan:
     if patch and any(s % patch for s in dataset.image_size):
         raise InvalidJob("method", f"{spec.method} uses a ViT with {patch}-pixel patches; image "
                                 f"size {dataset.image_size} is not a multiple")
+    evaluation, skipped = dict(defaults.evaluation), None
+    if eval_dataset is not None:
+        check_eval_dataset(eval_dataset, dataset, patch)
+    elif not dataset.labelled:
+        evaluation["protocols"] = []
+        skipped = (f"dataset {dataset.name} is unlabelled and no eval_dataset_id was given, so "
+                   "the encoder is not evaluated; give a labelled eval_dataset_id to score it")
     profile = {"task": "classification", "modality": dataset.modality,
                "dimensionality": f"{dataset.spatial_dims}d", "label_regime": "low"}
     recipe = Recipe(name=spec.name or "pending", method=spec.method, dataset=dataset.name,
@@ -330,7 +463,8 @@ def plan_pretrain(spec: JobCreate, dataset: DatasetFacts) -> PretrainPlan:
         name_template=f"{preset.name}.{spec.method.replace('_', '-')}-{dataset.slug}",
         epochs=pick("epochs", defaults.epochs), lr=pick("lr", defaults.lr),
         batch_size=pick("batch_size", defaults.batch_size[dataset.spatial_dims]),
-        seed=spec.seed, device=spec.device, evaluation=defaults.evaluation,
+        seed=spec.seed, device=spec.device, evaluation=evaluation,
+        eval_dataset_id=eval_dataset.id if eval_dataset else None, evaluation_skipped=skipped,
         auto={"architecture": preset.name, "hyperparameters": rules_plan.hyperparameters,
               "augmentations": sorted(rules_plan.policy.ops),
               "recommended_rank": rules_plan.recommended_rank, "settings": used})

@@ -33,7 +33,8 @@ UPLOAD_SCHEMA = {"requestBody": {"content": {
              responses={**MEDIA_TYPE, **error((409, "You already have a dataset of that name"))})
 async def create_dataset(request: Request, user: UserDep, zoo: ZooDep,
                          settings: SettingsDep) -> DatasetPublic:
-    """Upload an npz or a zip of images with labels.csv, or register a readable path."""
+    """Upload an npz or a zip of images with labels.csv, or register a readable path; an npz
+    with images only, or images without labels.csv, is an unlabelled set (for pretraining)."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:
@@ -75,5 +76,6 @@ async def list_datasets(user: UserDep, zoo: ZooDep, limit: Limit = 100,
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=NOT_FOUND)
 async def get_dataset(dataset_id: RowId, user: UserDep, zoo: ZooDep) -> DatasetPublic:
-    """Counts per split and class, image size, channels, dims."""
+    """Counts per split and class (per split only, `labelled` false, for images without
+    labels), image size, channels, dims."""
     return await run_in_threadpool(datasets.owned, zoo, dataset_id, user)

@@ -258,3 +258,63 @@ async def test_bad_labels_csv_rows_are_named(api, row: list[str],  # noqa: ANN00
     r = await client.post("/v1/datasets", headers=auth(ALICE),
                           files={"file": ("x.zip", buf.getvalue())}, data={"name": "csv"})
     assert r.status_code == 422 and message in r.text, r.text
+
+
+def unlabelled_npz(**extra: np.ndarray) -> bytes:
+    """BreastMNIST's train images with every labels array taken out."""
+    with np.load(DATA_DIR / "medmnist" / "breastmnist.npz") as data:
+        arrays = {"train_images": data["train_images"], **extra}
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+async def test_unlabelled_npz_and_zip_uploads(api) -> None:  # noqa: ANN001
+    client, _ = api
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("u.npz", unlabelled_npz())},
+                          data={"name": "breast-u", "modality": "ultrasound"})
+    assert r.status_code == 201, r.text
+    got = (await client.get(f"/v1/datasets/{r.json()['id']}", headers=auth(ALICE))).json()
+    assert got["labelled"] is False and got["num_classes"] == 0
+    assert got["summary"]["labelled"] is False
+    assert got["summary"]["splits"] == {"train": {"images": 546}}  # no class counts
+    images, _ = medmnist("pneumoniamnist", split="test", n=9)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for i, im in enumerate(images):
+            zf.writestr(f"scans/{i}.png", png_bytes(im))
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("u.zip", buf.getvalue())}, data={"name": "xr-u"})
+    assert r.status_code == 201, r.text
+    assert r.json()["labelled"] is False
+    assert r.json()["summary"]["splits"] == {"train": {"images": 9}}
+    # A labelled upload says it is labelled.
+    data = (DATA_DIR / "medmnist" / "breastmnist.npz").read_bytes()
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("b.npz", data)}, data={"name": "breast"})
+    assert r.json()["labelled"] is True and r.json()["summary"]["labelled"] is True
+
+
+async def test_unlabelled_folder_by_path(api) -> None:  # noqa: ANN001
+    client, home = api
+    folder = home / "datasets" / "bob" / "scans"
+    folder.mkdir(parents=True)
+    images, _ = medmnist("breastmnist", split="val", n=6)
+    for i, im in enumerate(images):
+        (folder / f"{i}.png").write_bytes(png_bytes(im))
+    r = await client.post("/v1/datasets", headers=auth(BOB),
+                          json={"name": "scans", "path": str(folder)})
+    assert r.status_code == 201, r.text
+    assert r.json()["labelled"] is False and r.json()["kind"] == "path"
+    assert r.json()["summary"]["splits"] == {"train": {"images": 6}}
+
+
+async def test_half_labelled_npz_is_refused(api) -> None:  # noqa: ANN001
+    client, home = api
+    labels = np.zeros((546, 1), np.uint8)
+    r = await client.post("/v1/datasets", headers=auth(ALICE),
+                          files={"file": ("h.npz", unlabelled_npz(train_labels=labels))},
+                          data={"name": "half"})
+    assert r.status_code == 422 and "lacks ['val_images', 'val_labels'" in r.text, r.text
+    assert await rows(client) == 0 and state(home) == set()

@@ -32,18 +32,33 @@ MAX_UPLOAD_DECODED_BYTES = 256 << 20
 
 
 def summarise(ds: Dataset) -> dict[str, Any]:
-    counts = {}
+    """Images per split and, for a labelled set, per class (the planner checks label counts
+    against these); an unlabelled set says so and has no class counts."""
+    counts: dict[str, dict[str, Any]] = {}
     for s, split in ds.splits.items():
-        values, n = torch.unique(split.labels, return_counts=True)
-        counts[s] = {"images": len(split), "per_class": {str(int(v)): int(c) for v, c in
-                                                          zip(values, n, strict=True)}}
-    return {"splits": counts, "spatial_dims": ds.spatial_dims, "channels": ds.channels,
-            "image_size": ds.image_size, "num_classes": ds.num_classes,
-            "labels": ds.info.get("labels")}
+        counts[s] = {"images": len(split)}
+        if split.labels is not None:
+            values, n = torch.unique(split.labels, return_counts=True)
+            counts[s]["per_class"] = {str(int(v)): int(c)
+                                      for v, c in zip(values, n, strict=True)}
+    return {"labelled": ds.labelled, "splits": counts, "spatial_dims": ds.spatial_dims,
+            "channels": ds.channels, "image_size": ds.image_size,
+            "num_classes": ds.num_classes, "labels": ds.info.get("labels")}
 
 
 def check(ds: Dataset) -> None:
     """Rules every accepted dataset meets, beyond what the loaders check."""
+    if min(ds.image_size) < 8 or max(ds.image_size) > MAX_IMAGE_SIDE:
+        raise DataError(f"image size {ds.image_size} outside 8..{MAX_IMAGE_SIDE}")
+    if ds.channels not in (1, 3):
+        raise DataError(f"{ds.channels} channels; 1 (gray) or 3 (RGB) are supported")
+    if not ds.labelled:
+        if any(s.labels is not None for s in ds.splits.values()):
+            raise DataError("some splits have labels and others not; label every split, "
+                            "or none for an unlabelled set")
+        if len(ds.splits["train"]) < 2:
+            raise DataError("an unlabelled set needs at least 2 train images")
+        return
     k = ds.num_classes
     if k < 2:
         raise DataError("need at least two classes")
@@ -57,10 +72,6 @@ def check(ds: Dataset) -> None:
     for s in SPLITS:
         if len(ds.splits[s]) == 0 and s != "val":
             raise DataError(f"the {s} split is empty")
-    if min(ds.image_size) < 8 or max(ds.image_size) > MAX_IMAGE_SIDE:
-        raise DataError(f"image size {ds.image_size} outside 8..{MAX_IMAGE_SIDE}")
-    if ds.channels not in (1, 3):
-        raise DataError(f"{ds.channels} channels; 1 (gray) or 3 (RGB) are supported")
 
 
 def from_npz_bytes(data: bytes, name: str,
@@ -104,8 +115,9 @@ def guard_zip(members: list[zipfile.ZipInfo], limit: int) -> None:
 
 def from_zip_bytes(data: bytes, name: str, max_bytes: int, channels: int = 1,
                    max_decoded: int = MAX_UPLOAD_DECODED_BYTES) -> Dataset:
-    """A zip of images with labels.csv (filename,label[,split,group]); `max_bytes` bounds
-    the extracted files, `max_decoded` the decoded images."""
+    """A zip of images with labels.csv (filename,label[,split,group]), or of images only
+    (unlabelled: all go to the train split); `max_bytes` bounds the extracted files,
+    `max_decoded` the decoded images."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -129,9 +141,14 @@ def from_zip_bytes(data: bytes, name: str, max_bytes: int, channels: int = 1,
                         raise DataError(f"archive entry '{m.filename}' is larger than declared")
                     dst.write(chunk)
         csvs = [p for p in root.rglob("labels.csv")]
-        if len(csvs) != 1:
-            raise DataError("the archive must contain exactly one labels.csv")
-        ds = load_folder(csvs[0].parent, csvs[0], channels=channels, max_bytes=max_decoded)
+        if len(csvs) > 1:
+            raise DataError("the archive contains more than one labels.csv; give one (or "
+                            "none for an unlabelled set)")
+        if csvs:
+            ds = load_folder(csvs[0].parent, csvs[0], channels=channels,
+                             max_bytes=max_decoded)
+        else:
+            ds = load_folder(root, channels=channels, max_bytes=max_decoded)
     ds.name = name
     check(ds)
     return ds
@@ -144,12 +161,15 @@ def _no_nan(ds: Dataset) -> None:
 
 
 def to_npz_bytes(ds: Dataset) -> bytes:
-    """The canonical stored form: MedMNIST keys, channels-first uint8."""
+    """The canonical stored form: MedMNIST keys (images only for an unlabelled set),
+    uint8 images; labels as uint8, or uint16 past 256 classes so that none wraps."""
     arrays = {}
+    label_type = np.uint8 if ds.num_classes <= 256 else np.uint16
     for s, split in ds.splits.items():
         images = split.images.numpy()
         arrays[f"{s}_images"] = images[:, 0] if ds.channels == 1 else np.moveaxis(images, 1, -1)
-        arrays[f"{s}_labels"] = split.labels.numpy().astype(np.uint8)[:, None]
+        if split.labels is not None:
+            arrays[f"{s}_labels"] = split.labels.numpy().astype(label_type)[:, None]
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()

@@ -1,5 +1,6 @@
 """Datasets as tensors held in memory: MedMNIST-style npz files (2D gray, 2D RGB, 3D) and
-folders of images with a labels CSV.
+folders of images with a labels CSV; either may also be images only (unlabelled, for
+self-supervised pretraining), then every split's `labels` is None.
 
 Everything is loaded once into uint8 tensors shaped (N, C, *spatial) so that training is
 bound by compute, not by Python-level per-sample loading.
@@ -35,11 +36,11 @@ class DataError(ValueError):
 @dataclass
 class Split:
     images: torch.Tensor  # uint8, (N, C, *spatial)
-    labels: torch.Tensor  # int64, (N,)
+    labels: torch.Tensor | None  # int64, (N,); None in an unlabelled dataset
     groups: torch.Tensor | None = None  # int64 group/patient ids, (N,)
 
     def __len__(self) -> int:
-        return int(self.labels.shape[0])
+        return int(self.images.shape[0])
 
 
 @dataclass
@@ -61,8 +62,17 @@ class Dataset:
         return list(self.splits["train"].images.shape[2:])
 
     @property
+    def labelled(self) -> bool:
+        """Whether every split has labels; an unlabelled set has none in any split (and may
+        lack val and test), which is all self-supervised pretraining needs."""
+        return all(s.labels is not None for s in self.splits.values())
+
+    @property
     def num_classes(self) -> int:
-        return int(max(int(s.labels.max()) for s in self.splits.values() if len(s)) + 1)
+        """Classes seen in any split; 0 for an unlabelled dataset."""
+        seen = [int(s.labels.max()) for s in self.splits.values()
+                if s.labels is not None and len(s)]
+        return max(seen) + 1 if seen else 0
 
 
 @cache
@@ -257,24 +267,39 @@ def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
                      max_bytes: int, what: str) -> int:
     """Refuse, from the declared headers alone, what load_npz would refuse after loading
     (dtypes, shapes, counts) and anything that would decompress to more than `max_bytes`.
-    Returns the number of spatial dims."""
-    missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
-               if f"{s}_{k}" not in headers]
+
+    A labelled file has all six `{train,val,test}_{images,labels}` arrays; an unlabelled one
+    has no labels array at all and at least `train_images`. Returns the number of spatial
+    dims."""
+    labelled = any(f"{s}_labels" in headers for s in SPLITS)
+    expected = ("expected train/val/test images and labels, or images only (at least "
+                "train_images, no labels) for an unlabelled set")
+    if labelled:
+        missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
+                   if f"{s}_{k}" not in headers]
+    else:
+        missing = [] if "train_images" in headers else ["train_images"]
     if missing:
-        raise DataError(f"{what} lacks {missing}; expected train/val/test images and labels")
+        raise DataError(f"{what} lacks {missing}; {expected}")
     first = headers["train_images"].shape
     dims = spatial_dims or (3 if len(first) == 4 and first[-1] not in (1, 3) else
                             len(first) - 1 if len(first) == 3 else 2)
     total = 0
     shapes = set()
     for s in SPLITS:
-        images, labels = headers[f"{s}_images"], headers[f"{s}_labels"]
+        images = headers.get(f"{s}_images")
+        if images is None:  # only in an unlabelled file (checked above)
+            continue
         if images.dtype != np.uint8:
             raise DataError(f"{s}_images has dtype {images.dtype}; expected uint8")
+        shapes.add(_nchw_shape(images.shape, dims)[1:])
+        total += images.nbytes * (2 if images.fortran_order else 1)
+        if not labelled:
+            continue
+        labels = headers[f"{s}_labels"]
         if labels.dtype.kind not in "biuf":
             raise DataError(f"{s}_labels has dtype {labels.dtype}; labels must be integer "
                             "class indices (object and string arrays are refused)")
-        shapes.add(_nchw_shape(images.shape, dims)[1:])
         if not labels.shape:
             raise DataError(f"{s}_labels is a single value; expected one label per image")
         if math.prod(labels.shape[1:]) != 1:
@@ -283,7 +308,6 @@ def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
         if labels.shape[0] != images.shape[0]:
             raise DataError(f"{s}: {images.shape[0]} images but {labels.shape[0]} labels")
         # Labels are checked and converted to int64 (temporaries included).
-        total += images.nbytes * (2 if images.fortran_order else 1)
         total += labels.nbytes + 16 * labels.shape[0]
     if len(shapes) != 1:
         raise DataError(f"splits disagree on image shape: {sorted(shapes)}")
@@ -291,9 +315,9 @@ def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
     if groups is not None:
         if groups.dtype.kind not in "iu":
             raise DataError(f"train_groups has dtype {groups.dtype}; expected integers")
-        if groups.shape != headers["train_labels"].shape[:1]:
+        if groups.shape != first[:1]:
             raise DataError(f"train_groups has shape {groups.shape}; expected one group id "
-                            f"per train image ({headers['train_labels'].shape[0]},)")
+                            f"per train image ({first[0]},)")
         total += groups.nbytes + 8 * groups.shape[0]
     if total > max_bytes:
         largest = max(headers.values(), key=lambda h: h.nbytes)
@@ -305,7 +329,8 @@ def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
 
 def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = None,
              verify_md5: str | None = None, max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
-    """Load `train_images` ... `test_labels`; validate keys, dtypes, shapes, labels.
+    """Load `train_images` ... `test_labels`; validate keys, dtypes, shapes, labels. A file
+    without any labels array is an unlabelled dataset of the image splits it has.
 
     Every .npy header is read and checked first, and the declared sizes summed against
     `max_bytes`, so a small file that declares huge arrays, or arrays of the wrong kind, is
@@ -323,10 +348,14 @@ def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = Non
         dims = check_npz_layout(headers, spatial_dims, max_bytes, path.name)
         splits = {}
         for s in SPLITS:
+            if f"{s}_images" not in headers:
+                continue
             images = _read_images(zf, headers[f"{s}_images"], f"{s}_images", dims)
-            labels = _read_small(zf, headers[f"{s}_labels"], f"{s}_labels")
-            labels = class_indices(labels.reshape(len(labels)), f"{s}_labels")
-            splits[s] = Split(torch.from_numpy(images), torch.from_numpy(labels))
+            labels = None
+            if f"{s}_labels" in headers:
+                raw = _read_small(zf, headers[f"{s}_labels"], f"{s}_labels")
+                labels = torch.from_numpy(class_indices(raw.reshape(len(raw)), f"{s}_labels"))
+            splits[s] = Split(torch.from_numpy(images), labels)
         if "train_groups" in headers:
             groups = _read_small(zf, headers["train_groups"], "train_groups")
             splits["train"].groups = torch.from_numpy(groups.astype(np.int64))
@@ -393,29 +422,38 @@ def _image_error(name: str) -> DataError:
     return DataError(f"{name[:200]}: not a readable image")
 
 
-def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: float = 0.1,
-                test_fraction: float = 0.2, seed: int = 0, channels: int = 1,
-                max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
-    """Images (PNG/JPEG) in a folder, labels in a CSV with columns `filename,label` and
-    optionally `split` (train/val/test) and `group` (patient id).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
-    Every image's size is read from its header first (PIL opens lazily): one too large, or
-    all of them together decoding to more than `max_bytes`, is refused before any pixel is
-    decoded; then images are decoded one at a time into arrays allocated once."""
+
+def _list_images(folder: Path) -> list[str]:
+    """The PNG/JPEG files under a folder that has no labels.csv (an unlabelled set), as
+    sorted relative paths; hidden files and macOS `__MACOSX` forks are not images. Listing
+    stops, refused, past MAX_ROWS images, as a labels.csv would."""
+    names = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(p.startswith(".") or p == "__MACOSX" for p in rel.parts):
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES or not path.is_file():
+            continue
+        if len(names) == MAX_ROWS:
+            raise DataError(f"{folder.name} holds more than {MAX_ROWS:,} images")
+        names.append(rel.as_posix())
+    if not names:
+        raise DataError(f"{folder.name} has no labels.csv and no PNG or JPEG images")
+    return sorted(names)
+
+
+def _measure(folder: Path, filenames: list[str], channels: int,
+             max_bytes: int) -> tuple[list[Path], tuple[int, int]]:
+    """Each image's path and the one (height, width) they share, from the headers alone
+    (PIL opens lazily); refused if an image is too large, leaves the folder, or all of them
+    would decode to more than `max_bytes`."""
     from PIL import Image
 
-    folder = Path(folder)
-    labels_csv = Path(labels_csv or folder / "labels.csv")
-    if not labels_csv.exists():
-        raise DataError(f"no labels CSV at {labels_csv}")
-    rows = _read_rows(labels_csv)
-    if len({r[1] for r in rows}) > MAX_CLASSES:
-        raise DataError(f"{labels_csv.name} has more than {MAX_CLASSES} distinct labels")
-    classes = sorted({r[1] for r in rows})
-    index = {c: i for i, c in enumerate(classes)}
     root = folder.resolve()
     paths, size = [], None
-    for filename, *_ in rows:
+    for filename in filenames:
         path = (folder / filename).resolve()
         if root not in path.parents:
             raise DataError(f"{filename[:200]}: path leaves the dataset folder")
@@ -437,11 +475,57 @@ def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: floa
                             "images to one size")
         paths.append(path)
     assert size is not None
-    total = len(rows) * channels * size[0] * size[1]
+    total = len(filenames) * channels * size[0] * size[1]
     if total > max_bytes:
-        raise DataError(f"the {len(rows):,} images of {size[1]}x{size[0]} pixels decode to "
-                        f"{_mib(total)} ({channels} channel(s) of 8 bits); at most "
+        raise DataError(f"the {len(filenames):,} images of {size[1]}x{size[0]} pixels decode "
+                        f"to {_mib(total)} ({channels} channel(s) of 8 bits); at most "
                         f"{_mib(max_bytes)} are accepted")
+    return paths, size
+
+
+def _decode(path: Path, filename: str, size: tuple[int, int], channels: int) -> np.ndarray:
+    """One measured image as (C, H, W) uint8."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            if img.size != (size[1], size[0]):  # changed since it was measured
+                raise _image_error(filename)
+            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise _image_error(filename) from None
+    return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
+
+
+def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: float = 0.1,
+                test_fraction: float = 0.2, seed: int = 0, channels: int = 1,
+                max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
+    """Images (PNG/JPEG) in a folder, labels in a CSV with columns `filename,label` and
+    optionally `split` (train/val/test) and `group` (patient id). A folder without a
+    labels.csv (and no `labels_csv` given) is an unlabelled set: every image under it goes
+    to the train split.
+
+    Every image's size is read from its header first (PIL opens lazily): one too large, or
+    all of them together decoding to more than `max_bytes`, is refused before any pixel is
+    decoded; then images are decoded one at a time into arrays allocated once."""
+    folder = Path(folder)
+    if labels_csv is None and not (folder / "labels.csv").exists():
+        names = _list_images(folder)
+        paths, size = _measure(folder, names, channels, max_bytes)
+        images = np.empty((len(names), channels, *size), np.uint8)
+        for i, (filename, path) in enumerate(zip(names, paths, strict=True)):
+            images[i] = _decode(path, filename, size, channels)
+        return Dataset(folder.name, {"train": Split(torch.from_numpy(images), None)},
+                       {"channels": channels})
+    labels_csv = Path(labels_csv or folder / "labels.csv")
+    if not labels_csv.exists():
+        raise DataError(f"no labels CSV at {labels_csv}")
+    rows = _read_rows(labels_csv)
+    if len({r[1] for r in rows}) > MAX_CLASSES:
+        raise DataError(f"{labels_csv.name} has more than {MAX_CLASSES} distinct labels")
+    classes = sorted({r[1] for r in rows})
+    index = {c: i for i, c in enumerate(classes)}
+    paths, size = _measure(folder, [r[0] for r in rows], channels, max_bytes)
     rng = np.random.default_rng(seed)
     splits = []
     for _, _, split, _ in rows:
@@ -449,18 +533,10 @@ def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: floa
         splits.append(split or ("test" if draw < test_fraction else
                                 "val" if draw < test_fraction + val_fraction else "train"))
     images = {s: np.empty((splits.count(s), channels, *size), np.uint8) for s in SPLITS}
-    labels = {s: [] for s in SPLITS}
-    groups = {s: [] for s in SPLITS}
-    mode = "L" if channels == 1 else "RGB"
+    labels: dict[str, list[int]] = {s: [] for s in SPLITS}
+    groups: dict[str, list[int]] = {s: [] for s in SPLITS}
     for (filename, label, _, group), path, s in zip(rows, paths, splits, strict=True):
-        try:
-            with Image.open(path) as img:
-                if img.size != (size[1], size[0]):  # changed since it was measured
-                    raise _image_error(filename)
-                arr = np.asarray(img.convert(mode))
-        except (OSError, ValueError, Image.DecompressionBombError):
-            raise _image_error(filename) from None
-        images[s][len(labels[s])] = arr if channels == 1 else arr.transpose(2, 0, 1)
+        images[s][len(labels[s])] = _decode(path, filename, size, channels)
         labels[s].append(index[label])
         groups[s].append(int(group) if group else -1)
     out = {s: Split(torch.from_numpy(images[s]), torch.tensor(labels[s], dtype=torch.int64),

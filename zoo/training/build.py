@@ -131,7 +131,10 @@ def plan_from_rules(recipe: Recipe, channels: int) -> Plan:
 
 def evaluate_encoder(encoder: torch.nn.Module, ds: Dataset, plan: EvalPlan, label: str,
                      log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Linear probe / kNN / fine-tune at label fractions; mean and spread over seeds."""
+    """Linear probe / kNN / fine-tune at label fractions; mean and spread over seeds. No
+    protocols (an unlabelled set with nothing to evaluate on): no results."""
+    if not plan.protocols:
+        return []
     train, val, test = ds.splits["train"], ds.splits["val"], ds.splits["test"]
     k = ds.num_classes
     results = []
@@ -170,10 +173,12 @@ def evaluate_encoder(encoder: torch.nn.Module, ds: Dataset, plan: EvalPlan, labe
 
 def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = None,
           log: Callable[[str], None] = print,
-          on_step: Callable[[int, int], None] | None = None,
-          dataset: Dataset | None = None) -> Path:
+          on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+          dataset: Dataset | None = None, eval_dataset: Dataset | None = None,
+          on_epoch: Callable[[dict[str, Any]], None] | None = None) -> Path:
     """Train, evaluate and save one encoder; returns the folder with card and weights.
-    `dataset` (already loaded, e.g. a user's upload) replaces the recipe's named one."""
+    `dataset` (already loaded, e.g. a user's upload) replaces the recipe's named one;
+    `eval_dataset` (labelled) is evaluated on instead of it, as an unlabelled one must be."""
     from safetensors.torch import save_file
 
     ds = dataset or load_dataset(recipe.dataset, data_dir)
@@ -194,16 +199,18 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
     t0 = time.perf_counter()
     history = pretrain(objective, ds.splits["train"].images, plan.policy, cfg,
                        groups=ds.splits["train"].groups, metrics_path=metrics_path,
-                       on_epoch=lambda r: log(f"  epoch {r['epoch']:3d} loss {r['loss']:.4f} "
-                                              f"{r['images_per_s']:.0f} img/s"),
+                       on_epoch=lambda r: (log(f"  epoch {r['epoch']:3d} loss {r['loss']:.4f} "
+                                               f"{r['images_per_s']:.0f} img/s"),
+                                           on_epoch and on_epoch(r)),
                        on_step=on_step)
     train_s = time.perf_counter() - t0
     encoder = objective.encoder.cpu().float().eval()
-    evaluations = evaluate_encoder(encoder, ds, recipe.evaluate, "", log)
+    scored = eval_dataset or ds
+    evaluations = evaluate_encoder(encoder, scored, recipe.evaluate, "", log)
     torch.manual_seed(cfg.seed)
     random_init = build_encoder(recipe.architecture["name"], ds.spatial_dims, ds.channels,
                                 ds.image_size, args).eval()
-    evaluations += evaluate_encoder(random_init, ds, recipe.evaluate, "random_init_", log)
+    evaluations += evaluate_encoder(random_init, scored, recipe.evaluate, "random_init_", log)
     info = ds.info
     card = EncoderCard(
         name=recipe.name,

@@ -83,7 +83,7 @@ def test_a_reaped_attempt_can_write_nothing(sessions: sessionmaker) -> None:
     with sessions() as s:
         row = s.get(JobRow, job_id)
         assert (row.status, row.result, row.progress) == ("succeeded", {"fresh": True},
-                                                          {"epoch": 1})
+                                                          {"epoch": 1, "phase": "succeeded"})
     events = statuses(sessions, job_id)
     assert events.count("succeeded") == 1 and events[-1] == "succeeded"
 

@@ -189,3 +189,79 @@ def test_plan_job_records_namespace_privacy_and_the_exact_revision(database_url:
                                   private=False), alice, registry, default_engine())
     assert (pretrain.namespace, pretrain.private) == ("alice", False)
     engine.dispose()
+
+
+BREAST_CLASSES = {0: 147, 1: 399}  # BreastMNIST's train split per class
+
+
+def test_too_few_labels_per_class_are_refused_with_the_fraction_that_works() -> None:
+    with pytest.raises(InvalidJob) as info:
+        finetune({"label_fraction": 0.0001}, breast(train_per_class=BREAST_CLASSES))
+    assert info.value.field == "label_fraction"
+    message = info.value.message
+    assert "leaves 1 labelled training image(s) per class at the fewest (class 0: 1 of its " \
+           "147)" in message
+    assert "at least 2 per class" in message
+    assert "the smallest label_fraction that gives that is 0.0103" in message
+    # That fraction works, is marked as few labels, and one just below it does not.
+    plan = finetune({"label_fraction": 0.0103}, breast(train_per_class=BREAST_CLASSES))
+    assert (plan.labelled_per_class_min, plan.few_labels) == (2, True)
+    with pytest.raises(InvalidJob, match="0.0103"):
+        finetune({"label_fraction": 0.0102}, breast(train_per_class=BREAST_CLASSES))
+
+
+def test_label_counts_are_the_subset_training_draws() -> None:
+    """The stored count is what zoo.training.evaluate.label_subset picks on real labels."""
+    import numpy as np
+    import torch
+
+    from tests.utils import DATA_DIR
+    from zoo.training.evaluate import label_subset
+
+    path = DATA_DIR / "medmnist" / "breastmnist.npz"
+    if not path.exists():
+        pytest.skip(f"real data not found at {path}")
+    with np.load(path) as data:
+        labels = torch.from_numpy(data["train_labels"][:, 0].astype(np.int64))
+    for fraction, few in ((0.02, True), (0.1, False), (1.0, False)):
+        plan = finetune({"label_fraction": fraction, "seed": 3},
+                        breast(train_per_class=BREAST_CLASSES))
+        picked = labels[label_subset(labels, fraction, 3)]
+        assert plan.labelled_per_class_min == int(torch.bincount(picked).min())
+        assert plan.few_labels is few
+
+
+def test_a_class_too_small_for_any_fraction_is_named() -> None:
+    with pytest.raises(InvalidJob, match="class 1 has only 1 training image"):
+        finetune({"label_fraction": 0.5}, breast(train_per_class={0: 545, 1: 1}))
+
+
+def test_unlabelled_datasets_cannot_be_fine_tuned() -> None:
+    with pytest.raises(InvalidJob) as info:
+        finetune({}, breast(labelled=False, num_classes=0))
+    assert info.value.field == "dataset_id"
+    assert "is unlabelled (images only) and fine-tuning needs labels" in info.value.message
+
+
+def test_pretrain_evaluation_set() -> None:
+    """Unlabelled training data: evaluated on the given labelled set, or not at all (and
+    the plan says why); the evaluation set must be labelled and readable by the encoder."""
+    spec = JobCreate(type="pretrain", dataset_id=1, method="simclr", eval_dataset_id=2)
+    unlabelled = breast(labelled=False, num_classes=0)
+    labelled = breast(id=2, name="breast-eval", train_per_class=BREAST_CLASSES)
+    plan = plan_pretrain(spec, unlabelled, labelled)
+    assert plan.eval_dataset_id == 2 and plan.evaluation_skipped is None
+    assert plan.evaluation["protocols"] == ["linear_probe"]
+    skipped = plan_pretrain(spec.model_copy(update={"eval_dataset_id": None}), unlabelled)
+    assert skipped.eval_dataset_id is None and skipped.evaluation["protocols"] == []
+    assert "is unlabelled and no eval_dataset_id was given" in skipped.evaluation_skipped
+    own = plan_pretrain(spec.model_copy(update={"eval_dataset_id": None}), labelled)
+    assert own.evaluation_skipped is None and own.evaluation["protocols"] == ["linear_probe"]
+    for other, message in ((breast(id=2, labelled=False), "is unlabelled; evaluating"),
+                           (breast(id=2, channels=3), "with 3 channel(s)")):
+        with pytest.raises(InvalidJob) as info:
+            plan_pretrain(spec, unlabelled, other)
+        assert info.value.field == "eval_dataset_id" and message in info.value.message
+    with pytest.raises(InvalidJob, match="ViT reads only"):
+        plan_pretrain(spec.model_copy(update={"method": "mae"}), unlabelled,
+                      breast(id=2, image_size=[64, 64]))

@@ -53,8 +53,8 @@ def png_declaring(width: int, height: int) -> bytes:
             + chunk(b"IEND", b""))
 
 
-def zip_of_pngs(png: bytes, n: int) -> bytes:
-    """n copies of one PNG plus a labels.csv with two classes."""
+def zip_of_pngs(png: bytes, n: int, labels: bool = True) -> bytes:
+    """n copies of one PNG plus a labels.csv with two classes (none: unlabelled)."""
     buf, rows = io.BytesIO(), io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["filename", "label"])
@@ -62,7 +62,8 @@ def zip_of_pngs(png: bytes, n: int) -> bytes:
         for i in range(n):  # stored as is, like any PNG: deflating it again would gain
             zf.writestr(f"imgs/{i}.png", png, zipfile.ZIP_STORED)
             writer.writerow([f"imgs/{i}.png", "ab"[i % 2]])
-        zf.writestr("labels.csv", rows.getvalue())
+        if labels:
+            zf.writestr("labels.csv", rows.getvalue())
     return buf.getvalue()
 
 
@@ -110,12 +111,16 @@ def small_npz(label: int) -> bytes:
     return buf.getvalue()
 
 
-def rgb_npz(train: int, side: int, written: int | None = None) -> bytes:
-    """MedMNIST layout, channels-last RGB (the layout that needs a transpose on load)."""
+def rgb_npz(train: int, side: int, written: int | None = None, labels: bool = True) -> bytes:
+    """MedMNIST layout, channels-last RGB (the layout that needs a transpose on load);
+    without labels, train images only (an unlabelled set)."""
     arrays: dict[str, tuple[tuple[int, ...], str, int | None]] = {}
     for s, n in (("train", train), ("val", 8), ("test", 8)):
+        if not labels and s != "train":
+            continue
         arrays[f"{s}_images"] = ((n, side, side, 3), "uint8", written if s == "train" else None)
-        arrays[f"{s}_labels"] = ((n, 1), "uint8", None)
+        if labels:
+            arrays[f"{s}_labels"] = ((n, 1), "uint8", None)
     return npz_streamed(arrays)
 
 
@@ -139,6 +144,14 @@ CASES: dict[str, dict[str, Any]] = {
     "npz_lying_header": dict(build="rgb_npz(1_000_000, 512, written=1024)",
                              call=NPZ_CALL.format(limit=UPLOAD_LIMIT),
                              error="InvalidDataset", match="decompressed"),
+    # The same two, unlabelled (no labels.csv; train images only).
+    "zip_unlabelled_many_pngs": dict(
+        build="zip_of_pngs(png_declaring(512, 512), 1100, labels=False)",
+        call=ZIP_CALL.format(channels=3, limit=UPLOAD_LIMIT), error="InvalidDataset",
+        match="decode to"),
+    "npz_unlabelled_inflating": dict(build="rgb_npz(9000, 128, labels=False)",
+                                     call=NPZ_CALL.format(limit=UPLOAD_LIMIT),
+                                     error="InvalidDataset", match="decompressed"),
     # The issue's 57 KB npz with one label of 5,000,000.
     "npz_huge_label": dict(build="small_npz(5_000_000)", call=NPZ_CALL.format(limit=UPLOAD_LIMIT),
                            error="InvalidDataset", match="label 5000000"),
