@@ -105,5 +105,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ("POST", "/v1/encoders", settings.max_upload_bytes),
         ("POST", "/v1/datasets", settings.max_upload_bytes),
         ("POST", "/v1/encoders/*/*/embed", settings.max_embed_bytes),
+        ("POST", "/v1/encoders/*/*/predict", settings.max_embed_bytes),
     ])
     return app

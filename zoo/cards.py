@@ -63,10 +63,47 @@ class Evaluation(BaseModel):
     label_fraction: float = Field(ge=0, le=1)
     metric: str
     value: float
-    spread: float | None = None
+    spread: float | None = Field(None, description="Sample standard deviation of the metric "
+                                  "over the seeds listed (one label subset and probe per seed).")
     seeds: list[int] = Field(default_factory=list)
     split: str = "test"
+    ci95: tuple[float, float] | None = Field(None, description="95 % bootstrap interval "
+                                             "over test images (percentile method).")
     notes: str | None = None
+
+
+class TaskHead(BaseModel):
+    """What turns an encoder into a task model: the head it carries and what it predicts.
+
+    A task model's weights hold `encoder.*` (the encoder as its card describes it) and
+    `head.*`; its ONNX graph takes images scaled to [0, 1], normalises them itself and
+    returns class probabilities."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["classification"] = "classification"
+    classes: list[str] = Field(min_length=2, max_length=1000,
+                               description="Class names in output order.")
+    threshold: float | None = Field(None, ge=0, le=1, description="Binary tasks: the "
+                                    "probability of class 1 above which an image is called "
+                                    "positive (chosen on validation).")
+    threshold_rule: str | None = None
+    calibration_ece: float | None = Field(None, description="Expected calibration error "
+                                          "on test (15 equal-width confidence bins).")
+    confusion_matrix: list[list[int]] | None = Field(
+        None, description="Test counts, rows = true class, columns = predicted class.")
+    balanced_accuracy: float | None = None
+    majority_rate: float | None = Field(None, description="Test accuracy of always "
+                                        "answering the most frequent training class.")
+    labelled_images: int | None = Field(None, description="Labelled training images used.")
+    labelled_per_class_min: int | None = None
+    few_labels: bool = Field(False, description="Trained on fewer than 10 labelled images "
+                             "of some class: read its metrics as fragile.")
+    curves: list[dict[str, float]] = Field(default_factory=list,
+                                           description="Per-epoch train loss and validation "
+                                           "metric.")
+    curves_png: str | None = Field(None, description="Where the plotted curves are (job "
+                                   "artifact URL).")
 
 
 class FileEntry(BaseModel):
@@ -95,6 +132,8 @@ class EncoderCard(BaseModel):
     lineage: dict[str, Any] = Field(default_factory=dict,
                                     description="e.g. dataset and job that produced it.")
     description: str = ""
+    task: TaskHead | None = Field(None, description="Set for task models (encoder + head); "
+                                  "absent for encoders.")
 
     @field_validator("input_size")
     @classmethod
@@ -119,7 +158,7 @@ class EncoderCard(BaseModel):
 
 # Fields of a StoredCard that the server measures or assigns. A card downloaded from the
 # zoo carries them; on upload they are dropped and computed again, never trusted.
-SERVER_FIELDS = ("repo_id", "revision", "commit", "created_at", "feature_dim",
+SERVER_FIELDS = ("repo_id", "revision", "commit", "created_at", "feature_dim", "parameters",
                  "onnx_parity_max_abs_diff", "files")
 
 
@@ -139,6 +178,8 @@ class StoredCard(EncoderCard):
     commit: str | None = None
     created_at: datetime
     feature_dim: int
+    parameters: int | None = Field(None, description="Trainable parameters of the network, "
+                                   "counted at registration; absent from older cards.")
     onnx_parity_max_abs_diff: float
     files: dict[str, FileEntry]
 

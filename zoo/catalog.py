@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     false,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -46,6 +47,8 @@ class EncoderRow(Base):
     name: Mapped[str] = mapped_column(String(161), unique=True, index=True)
     owner: Mapped[str] = mapped_column(String(64), index=True)
     private: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # None for an encoder; the task kind ("classification") for a task model.
+    task: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
     architecture: Mapped[str] = mapped_column(String(64))
     modality: Mapped[str] = mapped_column(String(64), index=True)
     method_id: Mapped[str] = mapped_column(String(64), index=True)
@@ -109,7 +112,9 @@ class DatasetRow(Base):
     spatial_dims: Mapped[int] = mapped_column(Integer)
     channels: Mapped[int] = mapped_column(Integer)
     image_size: Mapped[list[int]] = mapped_column(JSON)
-    num_classes: Mapped[int] = mapped_column(Integer)
+    num_classes: Mapped[int] = mapped_column(Integer)  # 0 when unlabelled
+    # Images only (for pretraining): no class counts, no fine-tuning or evaluation on it.
+    labelled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     summary: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
 

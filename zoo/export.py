@@ -39,7 +39,8 @@ def probe_size(model: nn.Module, input_size: list[int]) -> list[int]:
     return list(input_size)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(model: nn.Module, example: torch.Tensor, path: Path,
+                output: str = "features") -> None:
     """Export with a dynamic batch axis (and dynamic spatial axes for size-agnostic
     networks); the file is complete once this returns."""
     import onnx
@@ -55,7 +56,7 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
         warnings.simplefilter("ignore")
         program = torch.onnx.export(model, (example,), dynamo=True,
                                     dynamic_shapes={"x": axes},
-                                    input_names=["x"], output_names=["features"],
+                                    input_names=["x"], output_names=[output],
                                     verbose=False)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from rules.vocabulary import Vocabulary, load_vocabulary
 
 from .access import ANONYMOUS, ORG, OWNER, Reader, repo_id, visible
 from .cards import EncoderCard, FileEntry, StoredCard, declared_part, now
 from .catalog import EncoderRow, FileRow, RevisionRow
+from .search import query_modalities, spellings
 from .storage import BlobStore
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -107,6 +110,7 @@ class Prepared:
     onnx: bytes
     feature_dim: int
     parity: float
+    parameters: int
 
 
 def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None) -> Prepared:
@@ -127,27 +131,34 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
         parity,
         probe_input,
         probe_size,
+        size_agnostic,
     )
+    from .task_models import build_task_model
 
     try:
         card = EncoderCard.model_validate(declared_part(card_data))
     except ValidationError as err:
         raise RegistrationError("config", _detail(err)) from None
     header = check_safetensors(weights)
-    build = (card.architecture.name, card.spatial_dims, card.in_channels, card.input_size,
-             card.architecture.args)
+
+    def build() -> torch.nn.Module:
+        if card.task is None:
+            return build_encoder(card.architecture.name, card.spatial_dims, card.in_channels,
+                                 card.input_size, card.architecture.args)
+        return build_task_model(card)
+
     try:
         # On the meta device first: the declared architecture's tensor shapes, without
         # allocating them, so widths of 65536 in a tiny upload cost nothing before refusal.
         with torch.device("meta"):
-            skeleton = build_encoder(*build)
+            skeleton = build()
     except ArchitectureError as err:
         raise RegistrationError("config.architecture", str(err)) from None
     declared = {k: tuple(v.get("shape", ())) for k, v in header.items()
                 if k != "__metadata__" and isinstance(v, dict)}
     check_fit(card.architecture.name,
               {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}, declared)
-    model = build_encoder(*build)
+    model = build()
     try:
         state = load_safetensors(weights)
     except Exception as err:  # safetensors raises its own error types
@@ -155,18 +166,22 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     model = model.float().eval()
     size = probe_size(model, card.input_size)
+    encoder = model.encoder if card.task is not None else model
     with torch.inference_mode():
-        feature_dim = int(model(probe_input(card.in_channels, size, batch=1)).shape[1])
+        feature_dim = int(encoder(probe_input(card.in_channels, size, batch=1)).shape[1])
+    output = "features" if card.task is None else "probabilities"
     with tempfile.TemporaryDirectory() as tmp:
         onnx_path = Path(tmp) / ONNX
         try:
             if onnx is None:
-                export_onnx(model, probe_input(card.in_channels, size), onnx_path)
+                export_onnx(model, probe_input(card.in_channels, size), onnx_path, output)
+                # Dynamic spatial axes are checked at a second size too.
+                sizes = [size, [s + 4 for s in size]] if size_agnostic(model) else [size]
             else:  # a mirrored file may have fixed spatial axes: check it as declared
                 onnx_path.write_bytes(onnx)
-                size = list(card.input_size)
-            diff = parity(model, onnx_path, probe_input(card.in_channels, size, batch=3,
-                                                        seed=1))
+                sizes = [list(card.input_size)]
+            diff = max(parity(model, onnx_path, probe_input(card.in_channels, s, batch=3,
+                                                            seed=1)) for s in sizes)
         except ExportError as err:
             raise RegistrationError("weights", f"ONNX export failed: {err}") from None
         except Exception as err:  # onnxruntime cannot load or run a provided file
@@ -176,7 +191,7 @@ def prepare(card_data: dict[str, Any], weights: bytes, onnx: bytes | None = None
                                     f"(tolerance {PARITY_TOLERANCE:g})")
         onnx_bytes = onnx_path.read_bytes()
     return Prepared(card=card, weights=weights, onnx=onnx_bytes, feature_dim=feature_dim,
-                    parity=diff)
+                    parity=diff, parameters=sum(p.numel() for p in model.parameters()))
 
 
 def _same(stored: dict[str, Any], weights_sha: str, declared: dict[str, Any]) -> bool:
@@ -244,6 +259,7 @@ class Registry:
                 stored = StoredCard(**card.model_dump(exclude={"pretext"}), pretext=pretext,
                                     repo_id=repo, revision=number, commit="0" * 40,
                                     created_at=created, feature_dim=prepared.feature_dim,
+                                    parameters=prepared.parameters,
                                     onnx_parity_max_abs_diff=prepared.parity, files=files)
                 # The commit id hashes config.json itself, so config.json cannot carry it.
                 config_bytes = stored.model_dump_json(
@@ -269,6 +285,7 @@ class Registry:
                 elif private is not None:
                     row.private = private
                 row.architecture = card.architecture.name
+                row.task = card.task.kind if card.task else None
                 row.modality = card.modality
                 row.method_id = card.pretext.method_id
                 row.family = stored.pretext.family
@@ -319,13 +336,24 @@ class Registry:
     def list(self, *, reader: Reader = ANONYMOUS, modality: str | None = None,
              method: str | None = None, family: str | None = None, dims: int | None = None,
              q: str | None = None, owner: str | None = None, limit: int = 100,
-             offset: int = 0) -> tuple[list[EncoderRow], int]:
+             offset: int = 0, vocabulary: Vocabulary | None = None
+             ) -> tuple[list[EncoderRow], int]:
+        """Visible repositories, filtered, in one query (plus its count).
+
+        `modality` matches every spelling the rules vocabulary knows for it (cards keep the
+        uploader's). `q` is a case-insensitive substring of the name, description,
+        modality, or the latest card's pretraining dataset (or fine-tuning dataset) name;
+        a `q` that the vocabulary reads as a modality or an anatomy ("cxr", "chest") also
+        finds the modalities it names.
+        """
+        vocab = vocabulary or load_vocabulary()
         query = select(EncoderRow).where(
             visible(reader, EncoderRow.owner, EncoderRow.private))
         if owner:
             query = query.where(EncoderRow.owner == owner)
         if modality:
-            query = query.where(EncoderRow.modality == modality)
+            query = query.where(func.lower(EncoderRow.modality).in_(
+                sorted(spellings(vocab, modality))))
         if method:
             query = query.where(EncoderRow.method_id == method)
         if family:
@@ -333,9 +361,20 @@ class Registry:
         if dims:
             query = query.where(EncoderRow.spatial_dims == dims)
         if q:
-            like = f"%{q.lower()}%"
-            query = query.where(or_(func.lower(EncoderRow.name).like(like),
-                                    func.lower(EncoderRow.description).like(like)))
+            text = q.lower()
+            card = RevisionRow.card
+            # The latest revision only: (encoder_id, number) is unique, so no row doubles.
+            query = query.outerjoin(RevisionRow, and_(
+                RevisionRow.encoder_id == EncoderRow.id,
+                RevisionRow.number == EncoderRow.latest_revision))
+            terms = [func.lower(column).contains(text, autoescape=True) for column in (
+                EncoderRow.name, EncoderRow.description, EncoderRow.modality,
+                card[("pretraining_data", "name")].as_string(),
+                card[("lineage", "dataset")].as_string())]
+            named = set().union(*(spellings(vocab, m) for m in query_modalities(vocab, q)))
+            if named:
+                terms.append(func.lower(EncoderRow.modality).in_(sorted(named)))
+            query = query.where(or_(*terms))
         with self.sessions() as session:
             count = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(EncoderRow.name).limit(limit)

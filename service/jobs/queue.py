@@ -18,9 +18,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import JSON, String, cast, func, literal, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import ColumnElement
 
 from ..auth import User
 from ..pagination import fetch_page
@@ -134,6 +136,25 @@ def heartbeat(sessions: sessionmaker[Session], job_id: int, lease: int) -> bool:
         return bool(session.scalar(select(JobRow.cancel_requested).where(JobRow.id == job_id)))
 
 
+def with_phase(session: Session, phase: str) -> ColumnElement[Any]:
+    """`progress` with its `phase` set, as one SQL expression, so the conditional UPDATE that
+    ends a job also says so in its progress: a reader never sees a succeeded job whose
+    progress still says "registering". (SQLite and PostgreSQL, the two supported.)"""
+    key, value = literal("phase", String), literal(phase, String)
+    if session.get_bind().dialect.name == "postgresql":
+        merged = func.coalesce(cast(JobRow.progress, JSONB), func.jsonb_build_object()).op(
+            "||")(func.jsonb_build_object(key, value))
+        return cast(merged, JSON)
+    return func.json_set(func.coalesce(JobRow.progress, literal("{}", String)),
+                         literal("$.phase", String), value)
+
+
+def ended(job: JobRow, status: str) -> None:
+    """A job row, locked by the caller, reaches terminal `status`; its phase says the same."""
+    job.status, job.finished_at = status, utcnow()
+    job.progress = {**(job.progress or {}), "phase": status}
+
+
 def finish(sessions: sessionmaker[Session], job_id: int, lease: int, status: str,
            error: str | None = None, result: dict[str, Any] | None = None) -> bool:
     """End the job, if attempt `lease` still owns it; returns whether it did."""
@@ -147,7 +168,7 @@ def finish_in(session: Session, job_id: int, lease: int, status: str,
     transaction that registers its encoder, so the two happen together or not at all."""
     now = utcnow()
     values: dict[str, Any] = {"status": status, "error": error, "finished_at": now,
-                              "updated_at": now}
+                              "updated_at": now, "progress": with_phase(session, status)}
     if result is not None:
         values["result"] = result
     done = session.execute(update(JobRow).where(*holds(job_id, lease)).values(**values))
@@ -171,14 +192,14 @@ def reap(sessions: sessionmaker[Session], stale_after: float) -> list[int]:
             now = utcnow()
             why = f"worker {job.worker} stopped heartbeating during attempt {job.attempts}"
             if job.cancel_requested:
-                job.status, job.finished_at = "cancelled", now
+                ended(job, "cancelled")
                 event(session, job.id, "status", {"status": "cancelled", "reason": why})
             elif job.attempts < job.max_attempts:
                 job.status, job.worker, job.heartbeat_at = "queued", None, None
                 event(session, job.id, "status", {"status": "queued", "retry": True,
                                                   "reason": why})
             else:
-                job.status, job.finished_at = "failed", now
+                ended(job, "failed")
                 job.error = f"{why}; no attempts left ({job.attempts} of {job.max_attempts})"
                 event(session, job.id, "status", {"status": "failed", "error": job.error})
             job.updated_at = now
@@ -210,7 +231,7 @@ def request_cancel(sessions: sessionmaker[Session], job_id: int) -> JobRow:
             raise JobConflict(f"job {job_id} already {job.status}")
         now = utcnow()
         if job.status == "queued":
-            job.status, job.finished_at = "cancelled", now
+            ended(job, "cancelled")
             event(session, job_id, "status", {"status": "cancelled"})
         else:
             job.cancel_requested = True
@@ -221,7 +242,9 @@ def request_cancel(sessions: sessionmaker[Session], job_id: int) -> JobRow:
 
 def progress(sessions: sessionmaker[Session], job_id: int, lease: int, values: dict[str, Any],
              metrics: dict[str, Any] | None = None, line: str | None = None) -> None:
-    """Merge progress and add events, while attempt `lease` owns the job (else LeaseLost)."""
+    """Merge progress and add events, while attempt `lease` owns the job (else LeaseLost).
+    Metrics that carry an `epoch` are one epoch's record and are appended to the job's
+    `metrics.history` too."""
     with sessions.begin() as session:
         # The conditional update comes first: it proves the lease and takes the row's
         # write lock, so the read-modify-write below cannot interleave with a reap.
@@ -232,7 +255,10 @@ def progress(sessions: sessionmaker[Session], job_id: int, lease: int, values: d
         job = session.get(JobRow, job_id)
         job.progress = {**(job.progress or {}), **values}
         if metrics:
-            job.metrics = {**(job.metrics or {}), **metrics}
+            merged = {**(job.metrics or {}), **metrics}
+            if "epoch" in metrics:  # one epoch's record: also kept, in order, as history
+                merged["history"] = [*(job.metrics or {}).get("history", []), metrics]
+            job.metrics = merged
             event(session, job_id, "metrics", {**values, **metrics})
         if line:
             event(session, job_id, "log", {"line": line})

@@ -112,7 +112,7 @@ def complete(job_id: int, lease: int, result: Callable[[StoredCard], dict[str, A
 def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
                  log: Log) -> None:
     import torch
-    from safetensors.torch import save
+    from safetensors.torch import load_file, save
 
     from zoo.loader import build_from_card
     from zoo.registry import WEIGHTS, Registry, prepare
@@ -127,8 +127,9 @@ def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
     if revision is None:
         raise LookupError(f"encoder {plan.encoder} revision {plan.encoder_revision} is gone")
     weights = next(f for f in revision.files if f.filename == WEIGHTS)
-    encoder = build_from_card(revision.card, store.path(weights.sha256))
+    parent_model = build_from_card(revision.card, store.path(weights.sha256))
     parent = StoredCard.model_validate(revision.card)
+    encoder = parent_model.encoder if parent.task else parent_model  # a task model's encoder
 
     report = report_to(sessions, job.id, lease)
     settings = FinetuneSettings(
@@ -136,18 +137,68 @@ def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
         epochs=plan.epochs, lr=plan.lr, batch_size=plan.batch_size,
         device=torch.device(device), encoder_lr_multiplier=plan.encoder_lr_multiplier,
         augmentations=plan.augmentations)
-    outcome = finetune_classifier(encoder, dataset, settings, report)
+    norm = parent.normalization
+    outcome = finetune_classifier(encoder, dataset, settings, report, mean=norm.mean,
+                                  std=norm.std)
     metrics = outcome.metrics
     report({"phase": "registering"},
            {"test_auc": round(metrics["auc"], 4), "test_acc": round(metrics["acc"], 4)}, None)
-    card = finetuned_card(parent, plan, dataset_row, job.id, metrics)
-    state = {k: v.contiguous() for k, v in outcome.encoder.float().state_dict().items()}
+    curves = save_curves(job.id, outcome.history,
+                         f"job {job.id}: {plan.mode} on {dataset_row.name}")
+    card = task_model_card(parent, plan, dataset_row, job.id, outcome,
+                           class_names(dataset, dataset_row), curves)
+    state = {f"encoder.{k}": v for k, v in outcome.model.encoder.state_dict().items()}
+    if plan.mode == "linear_probe":  # the encoder is the parent's, stored as the parent was
+        stored_as = {k: v.dtype for k, v in load_file(str(store.path(weights.sha256))).items()}
+        # A task-model parent names its encoder tensors as we do; an encoder, without prefix.
+        state = {k: v.to(stored_as.get(k if parent.task else k.removeprefix("encoder."),
+                                       v.dtype)) for k, v in state.items()}
+    else:
+        state = {k: v.float() for k, v in state.items()}
+    state.update({f"head.{k}": v.float() for k, v in outcome.model.head.state_dict().items()})
+    state = {k: v.contiguous() for k, v in state.items()}
     registry.register(prepare(card, save(state)), family=parent.pretext.family,
                       owner=plan.namespace, private=plan.private,
                       within=complete(job.id, lease, lambda stored: {
-                          **outcome_of(stored, plan.private),
+                          **outcome_of(stored, plan.private), "task": "classification",
                           "evaluation": {"test_auc": metrics["auc"], "test_acc": metrics["acc"]},
+                          **({"curves": curves} if curves else {}),
                           "seconds": round(outcome.seconds, 1)}))
+
+
+CURVES = "curves.png"
+FEW_LABELS = 10  # labelled images of the rarest class below which a card says "few labels"
+
+
+def save_curves(job_id: int, history: list[dict[str, Any]], title: str) -> str | None:
+    """Plot the per-epoch history into the job's folder; returns the artifact's URL path."""
+    from zoo.training.curves import curves_png
+
+    if not history:
+        return None
+    folder = get_settings().home / "jobs" / str(job_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_atomic(folder / CURVES, curves_png(history, title))
+    return f"/v1/jobs/{job_id}/artifacts/{CURVES}"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def class_names(dataset: Dataset, row: DatasetRow) -> list[str]:
+    """The dataset's class names when it has them (labels.csv, or a known file), else
+    their indices."""
+    from zoo.datasets.readers import registry as known_files
+
+    names = dataset.info.get("labels")
+    if not names and row.path:
+        names = known_files().get(Path(row.path).stem, {}).get("labels")
+    if names and len(names) == dataset.num_classes:
+        return [str(n) for n in names]
+    return [str(i) for i in range(dataset.num_classes)]
 
 
 def outcome_of(stored: StoredCard, private: bool) -> dict[str, Any]:
@@ -161,9 +212,11 @@ def job_reader(job: JobRow) -> Principal:
     return Principal(name=job.owner, admin=job.owner == ADMIN)
 
 
-def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow, job_id: int,
-                   metrics: dict[str, float]) -> dict[str, Any]:
-    """The new encoder's card: the parent's facts, this job's lineage and test scores."""
+def task_model_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow,
+                    job_id: int, outcome: Any, classes: list[str],
+                    curves: str | None) -> dict[str, Any]:
+    """The task model's card: the parent encoder's facts, the head and what it predicts,
+    this job's lineage, and test scores with their intervals."""
     arch, _, _ = parent.name.partition(".")
     name = f"{arch}.ft-job{job_id}-{slug(dataset_row.name)}"[:96].rstrip("-")
     parent_repo = parent.repo_id or plan.encoder
@@ -171,6 +224,8 @@ def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetR
                                       "input_size", "normalization", "pretext",
                                       "pretraining_data", "weights_licence"})
     protocol = "fine_tune" if plan.mode == "full" else "linear_probe"
+    summary = outcome.report
+    few = outcome.labelled_per_class_min < FEW_LABELS
     card.update({
         "name": name,
         "modality": dataset_row.modality or parent.modality,
@@ -179,12 +234,29 @@ def finetuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetR
                     "parent_commit": parent.commit,
                     "dataset_id": dataset_row.id, "dataset": dataset_row.name,
                     "job_id": job_id, "params": plan.model_dump(mode="json")},
-        "description": f"{parent_repo} after {plan.mode} on {dataset_row.name} "
-                       f"({plan.label_fraction:.0%} labels) by job {job_id}.",
+        "description": f"Classifier for {dataset_row.name} ({len(classes)} classes): "
+                       f"{parent_repo} after {plan.mode.replace('_', ' ')} with "
+                       f"{outcome.labelled} labelled images ({plan.label_fraction:.0%}) by "
+                       f"job {job_id}." + (" Few labels: read its metrics as fragile."
+                                           if few else ""),
         "evaluation": [{"dataset": dataset_row.name, "protocol": protocol,
                         "label_fraction": plan.label_fraction, "metric": m.upper(),
-                        "value": round(v, 4), "seeds": [plan.seed], "split": "test"}
-                       for m, v in metrics.items()],
+                        "value": round(v, 4), "seeds": [plan.seed], "split": "test",
+                        **({"ci95": [round(x, 4) for x in summary["ci95"][m]]}
+                           if m in summary["ci95"] else {})}
+                       for m, v in outcome.metrics.items()],
+        "task": {"kind": "classification", "classes": classes,
+                 "threshold": (round(summary["threshold"], 6)
+                               if summary["threshold"] is not None else None),
+                 "threshold_rule": ("Youden's J on the validation split" if
+                                    summary["threshold"] is not None else None),
+                 "calibration_ece": summary["calibration_ece"],
+                 "confusion_matrix": summary["confusion_matrix"],
+                 "balanced_accuracy": summary["balanced_accuracy"],
+                 "majority_rate": summary["majority_rate"],
+                 "labelled_images": outcome.labelled,
+                 "labelled_per_class_min": outcome.labelled_per_class_min,
+                 "few_labels": few, "curves": outcome.history, "curves_png": curves},
     })
     return card
 
@@ -209,19 +281,40 @@ def run_pretrain(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
     start = time.monotonic()
     last = [0.0]
 
-    def on_step(step: int, total: int) -> None:
+    def on_step(step: int, total: int, loss: Any) -> None:
         now = time.monotonic()
         if now - last[0] >= 1.0 or step == total:
             last[0] = now
             eta = round((now - start) / step * (total - step), 1)
-            report({"step": step, "steps": total, "eta_s": eta,
+            report({"step": step, "steps": total, "percent": round(100 * step / total, 1),
+                    "loss": round(float(loss), 4), "eta_s": eta,
                     "epoch": step * plan.epochs // max(total, 1)}, None, None)
 
+    def on_epoch(record: dict[str, Any]) -> None:  # appended to metrics.history
+        report({}, {"epoch": record["epoch"], "loss": round(record["loss"], 4),
+                    "images_per_s": record["images_per_s"]}, None)
+
+    eval_row, eval_dataset = None, None
+    if plan.eval_dataset_id is not None:  # a labelled set to score an unlabelled one's encoder
+        with sessions() as session:
+            eval_row = session.get(DatasetRow, plan.eval_dataset_id)
+        if eval_row is None:
+            raise LookupError(f"evaluation dataset {plan.eval_dataset_id} no longer exists")
+        eval_dataset = load_job_dataset(eval_row, store)
     out_dir = get_settings().home / "jobs" / str(job.id) / "build"
-    folder = build(recipe, out_dir, log=log, on_step=on_step, dataset=dataset)
+    folder = build(recipe, out_dir, log=log, on_step=on_step, dataset=dataset,
+                   eval_dataset=eval_dataset, on_epoch=on_epoch)
     card = json.loads((folder / "card.json").read_text())
+    curves = save_curves(job.id, [json.loads(line) for line in
+                                  (folder / "metrics.jsonl").read_text().splitlines() if line],
+                         f"job {job.id}: {plan.method} on {dataset_row.name}")
     card["lineage"] = {**card.get("lineage", {}), "dataset_id": dataset_row.id,
-                       "dataset": dataset_row.name, "job_id": job.id}
+                       "dataset": dataset_row.name, "job_id": job.id,
+                       **({"curves_png": curves} if curves else {}),
+                       **({"eval_dataset_id": eval_row.id, "eval_dataset": eval_row.name}
+                          if eval_row else {}),
+                       **({"evaluation_skipped": plan.evaluation_skipped}
+                          if plan.evaluation_skipped else {})}
     evaluation = {f"{e['protocol']}@{e['label_fraction']:g}:{e['metric']}": e["value"]
                   for e in card["evaluation"]}
     seconds = round(time.monotonic() - start, 1)
@@ -230,6 +323,9 @@ def run_pretrain(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
         family=card["pretext"].get("family"), owner=plan.namespace, private=plan.private,
         within=complete(job.id, lease, lambda stored: {
             **outcome_of(stored, plan.private), "evaluation": evaluation,
+            **({"curves": curves} if curves else {}),
+            **({"evaluation_skipped": plan.evaluation_skipped}
+               if plan.evaluation_skipped else {}),
             "seconds": seconds}))
 
 

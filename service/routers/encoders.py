@@ -1,23 +1,28 @@
 from __future__ import annotations
 
+import difflib
 import json
-import math
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
+from rules import Engine
+from rules.vocabulary import UnknownValueError, Vocabulary, canonical_key
 from zoo.access import OWNER_PATTERN, Reader, default_owner, may_write, repo_id
 from zoo.cards import NAME_PATTERN, FileEntry, StoredCard, is_pickle_name
 from zoo.catalog import EncoderRow, FileRow, RevisionRow
-from zoo.embed import ImageError, decode, embed
+from zoo.embed import ImageError, decode, embed, request_values
+from zoo.matching import DIMS
 from zoo.registry import ONNX, prepare
 
 from ..auth import ReaderDep, UserDep
+from ..config import Settings
 from ..deps import EngineDep, SettingsDep, ZooDep
 from ..errors import not_found
 from ..files import blob_response
@@ -97,24 +102,85 @@ NOT_VISIBLE = {404: {"description": "No such repository, or not visible to this 
 BAD_TOKEN = {401: {"description": "A token was sent and is unknown"}}
 
 
+def _unknown(kind: str, value: str, allowed: list[str],
+             suggestion: str | None = None) -> RequestValidationError:
+    """The 422 of an unknown value, shaped like the recommender's (allowed, did_you_mean);
+    the closest allowed value unless the vocabulary (which knows aliases) suggested one."""
+    if suggestion is None:
+        close = difflib.get_close_matches(canonical_key(value), allowed, n=1, cutoff=0.6)
+        suggestion = close[0] if close else None
+    hint = f"; did you mean '{suggestion}'?" if suggestion else ""
+    return RequestValidationError([{
+        "type": "unknown_value", "loc": ("query", kind), "input": value,
+        "msg": f"unknown {kind} '{value}'{hint} Allowed: {', '.join(allowed)}",
+        "ctx": {"allowed": allowed, "did_you_mean": suggestion}}])
+
+
+def _in_zoo(zoo: ZooState, reader: Reader, modality: str, vocab: Vocabulary) -> bool:
+    """Whether some visible encoder carries a modality the vocabulary does not know (cards
+    keep free text): filtering by it then still finds that encoder."""
+    return zoo.registry.list(reader=reader, modality=modality, limit=1,
+                             vocabulary=vocab)[1] > 0
+
+
+def search_filters(engine: Engine, zoo: ZooState, reader: Reader, modality: str | None,
+                   method: str | None, family: str | None, dims: str | None
+                   ) -> dict[str, Any]:
+    """The recommender's vocabulary applied to the zoo's filters: aliases to canonical
+    values, and a 422 naming the allowed values for anything unknown."""
+    kb, out = engine.kb, {}
+    if modality:
+        try:
+            out["modality"] = kb.vocabulary.normalise("modality", modality)
+        except UnknownValueError as err:
+            if not _in_zoo(zoo, reader, modality, kb.vocabulary):
+                raise _unknown("modality", modality, err.allowed, err.suggestion) from None
+            out["modality"] = modality
+    # Uploads take method ids from the catalog (and families from it), so the catalog is
+    # the whole list of what the zoo can hold.
+    if method:
+        out["method"] = canonical_key(method)
+        if out["method"] not in kb.methods:
+            raise _unknown("method", method, sorted(kb.methods))
+    if family:
+        families = sorted({m.family for m in kb.methods.values()})
+        out["family"] = canonical_key(family)
+        if out["family"] not in families:
+            raise _unknown("family", family, families)
+    if dims:
+        try:
+            out["dims"] = DIMS[kb.vocabulary.normalise("dimensionality", dims)]
+        except UnknownValueError as err:
+            raise _unknown("dims", dims, err.allowed, err.suggestion) from None
+    return out
+
+
 @router.get("", response_model=Page[EncoderSummary], responses={**BAD_TOKEN})
 def list_encoders(
     zoo: ZooDep,
     reader: ReaderDep,
+    engine: EngineDep,
     owner: str | None = Query(None, max_length=64, description="Only this namespace."),
-    modality: str | None = None,
-    method: str | None = Query(None, description="Pretext method id, e.g. simclr."),
-    family: str | None = None,
-    dims: int | None = Query(None, ge=2, le=3, description="Spatial dims: 2 or 3."),
-    q: str | None = Query(None, description="Text search in name and description."),
+    modality: str | None = Query(None, max_length=64, description="ct, mri, xray, ... "
+                                 "(the recommender's aliases such as cxr, x-ray, wsi too)."),
+    method: str | None = Query(None, max_length=64,
+                               description="Pretext method id, e.g. simclr."),
+    family: str | None = Query(None, max_length=64, description="contrastive_global, "
+                               "contrastive_local, predictive, generative or hybrid."),
+    dims: str | None = Query(None, max_length=16, description="2d or 3d (also 2, 3, "
+                             "volume; video means 2d encoders)."),
+    q: str | None = Query(None, max_length=200, description="Case-insensitive text in the "
+                          "name, description, modality or pretraining dataset; a modality "
+                          "or anatomy word (cxr, chest) also finds the modalities it names."),
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[EncoderSummary]:
     """Encoder repositories this caller may see (public ones, plus a user's own private
-    ones), filtered and paginated."""
-    rows, count = zoo.registry.list(reader=reader, owner=owner, modality=modality,
-                                    method=method, family=family, dims=dims, q=q, limit=limit,
-                                    offset=offset)
+    ones), filtered and paginated. Unknown filter values are a 422 with the allowed
+    values and the closest one."""
+    filters = search_filters(engine, zoo, reader, modality, method, family, dims)
+    rows, count = zoo.registry.list(reader=reader, owner=owner, q=q, limit=limit,
+                                    offset=offset, vocabulary=engine.kb.vocabulary, **filters)
     return Page[EncoderSummary](data=[summary(r) for r in rows], count=count)
 
 
@@ -215,7 +281,7 @@ async def upload_encoder(
     """Add a revision to the repository `owner/<card name>`: the weights are checked against
     the architecture, exported to ONNX, verified. A config.json downloaded from a zoo may be
     sent as it is: the fields the server computes (repo_id, revision, commit, created_at,
-    feature_dim, onnx_parity_max_abs_diff, files) are ignored and measured again."""
+    feature_dim, parameters, onnx_parity_max_abs_diff, files) are ignored and measured again."""
     owner = owner or default_owner(user)
     if not may_write(user, owner):
         raise HTTPException(403, f"you may publish under '{user.name}/' only; '{owner}/' "
@@ -244,52 +310,128 @@ async def upload_encoder(
     return stored
 
 
-def decode_all(files: list[tuple[str, bytes]], card: StoredCard
+def decode_all(files: list[tuple[str, bytes]], card: StoredCard, max_values: int,
+               slice_index: int | None = None
                ) -> tuple[list[np.ndarray], list[dict[str, object]]]:
     """Every image decoded, or every problem named (all of them, not just the first)."""
     arrays, problems = [], []
     for i, (name, data) in enumerate(files):
         try:
-            arrays.append(decode(name, data, card))
+            arrays.append(decode(name, data, card, max_values, slice_index))
         except ImageError as err:
             problems.append({"loc": ["body", "images", i], "image": err.image,
                              "msg": err.problem, "type": "bad_image"})
     return arrays, problems
 
 
+Images = Annotated[list[UploadFile], File(
+    description="Image files, one per part: PNG, JPEG, NPY, DICOM (.dcm) or NIfTI (.nii, "
+                ".nii.gz); resized to the model's input size.")]
+SliceIndex = Annotated[int | None, Form(ge=0, le=100_000, description="For a 2D model given "
+                                        "a volume: the slice to use (default: the middle).")]
+
+
+async def run_model(zoo: ZooState, repo: str, revision: str | None, reader: Reader,
+                    settings: Settings, images: list[UploadFile], task_model: bool,
+                    slice_index: int | None = None
+                    ) -> tuple[RevisionRow, StoredCard, list[str], np.ndarray]:
+    """Resolve the repository, check its kind and the request's size, decode off the event
+    loop and run the ONNX graph: (revision, card, image names, outputs)."""
+    if len(images) > MAX_IMAGES:
+        raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
+    rev, entry = resolve_file(zoo, repo, revision, ONNX, reader)
+    card = StoredCard.model_validate(rev.card)
+    if task_model and card.task is None:
+        raise HTTPException(422, f"{repo} is an encoder, not a task model: use "
+                                 f"/v1/encoders/{repo}/embed for features, or fine-tune it "
+                                 "(POST /v1/jobs) to get a classifier")
+    if not task_model and card.task is not None:
+        raise HTTPException(422, f"{repo} is a task model ({card.task.kind}): use "
+                                 f"/v1/encoders/{repo}/predict")
+    files = [(upload.filename or f"image[{i}]", await upload.read())
+             for i, upload in enumerate(images)]
+    budget = settings.max_embed_values
+    needed = request_values(files, card)
+    if needed > budget:
+        raise HTTPException(422, f"these {len(files)} images hold {needed:,} values once "
+                                 f"decoded (as their headers declare, plus the resized copy); "
+                                 f"the limit is {budget:,} per request: send fewer or smaller "
+                                 "images")
+    # Decoding is CPU work: off the event loop, so other requests keep being served.
+    arrays, problems = await run_in_threadpool(decode_all, files, card, budget, slice_index)
+    if problems:
+        raise HTTPException(422, detail=problems)
+    session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
+    outputs = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
+    return rev, card, [image for image, _ in files], outputs
+
+
 @router.post("/{owner}/{name}/embed", response_model=EmbedResponse,
              responses={**NOT_VISIBLE, **BAD_TOKEN, 413: {"description": "Request too large"},
-                        422: {"description": "Bad images, or too many values"}})
+                        422: {"description": "Bad images, too many values, or a task model"}})
 async def embed_images(
     owner: Owner,
     name: Name,
     zoo: ZooDep,
     reader: ReaderDep,
     settings: SettingsDep,
-    images: Annotated[list[UploadFile], File(description="PNG or NPY images, one per part.")],
+    images: Images,
     revision: Annotated[str | None, Form()] = None,
+    slice_index: SliceIndex = None,
 ) -> EmbedResponse:
     """Feature vectors for a batch of images, computed with onnxruntime."""
-    if len(images) > MAX_IMAGES:
-        raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
     repo = repo_id(owner, name)
-    rev, entry = resolve_file(zoo, repo, revision, ONNX, reader)
-    card = StoredCard.model_validate(rev.card)
-    per_image, budget = card.in_channels * math.prod(card.input_size), settings.max_embed_values
-    if per_image * len(images) > budget:
-        raise HTTPException(422, f"{len(images)} images of {per_image:,} values each is over "
-                                 f"the limit of {budget:,} values per request; send at most "
-                                 f"{max(1, budget // per_image)} images of this size at once")
-    files = [(upload.filename or f"image[{i}]", await upload.read())
-             for i, upload in enumerate(images)]
-    # Decoding is CPU work: off the event loop, so other requests keep being served.
-    arrays, problems = await run_in_threadpool(decode_all, files, card)
-    if problems:
-        raise HTTPException(422, detail=problems)
-    image_names = [image for image, _ in files]
-    session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
-    features = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
+    rev, _, names, features = await run_model(zoo, repo, revision, reader, settings, images,
+                                              task_model=False, slice_index=slice_index)
     return EmbedResponse(name=repo, revision=rev.number, feature_dim=int(features.shape[1]),
                          data=[ImageFeatures(image=n, features=f.tolist())
-                               for n, f in zip(image_names, features, strict=True)],
-                         count=len(image_names))
+                               for n, f in zip(names, features, strict=True)],
+                         count=len(names))
+
+
+class ImagePrediction(BaseModel):
+    image: str
+    probabilities: dict[str, float] = Field(description="Class name -> probability.")
+    top_class: str = Field(description="The decision: the most probable class, or for a "
+                           "binary model the threshold's call.")
+    top_index: int
+
+
+class PredictResponse(BaseModel):
+    name: str
+    revision: int
+    classes: list[str]
+    threshold: float | None = Field(description="Binary models: probability of the second "
+                                    "class at or above which it is called.")
+    data: list[ImagePrediction]
+    count: int
+
+
+@router.post("/{owner}/{name}/predict", response_model=PredictResponse,
+             responses={**NOT_VISIBLE, **BAD_TOKEN, 413: {"description": "Request too large"},
+                        422: {"description": "Bad images, too many values, or an encoder"}})
+async def predict_images(
+    owner: Owner,
+    name: Name,
+    zoo: ZooDep,
+    reader: ReaderDep,
+    settings: SettingsDep,
+    images: Images,
+    revision: Annotated[str | None, Form()] = None,
+    slice_index: SliceIndex = None,
+) -> PredictResponse:
+    """Class probabilities and the decision per image, from a task model (onnxruntime)."""
+    repo = repo_id(owner, name)
+    rev, card, names, probs = await run_model(zoo, repo, revision, reader, settings, images,
+                                              task_model=True, slice_index=slice_index)
+    task = card.task
+    assert task is not None  # run_model refused encoders
+    picks = (probs[:, 1] >= task.threshold).astype(int) if (
+        task.threshold is not None and probs.shape[1] == 2) else probs.argmax(axis=1)
+    return PredictResponse(
+        name=repo, revision=rev.number, classes=task.classes, threshold=task.threshold,
+        data=[ImagePrediction(image=n, probabilities={c: round(float(v), 6) for c, v in
+                                                      zip(task.classes, p, strict=True)},
+                              top_class=task.classes[int(k)], top_index=int(k))
+              for n, p, k in zip(names, probs, picks, strict=True)],
+        count=len(names))

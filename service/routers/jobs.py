@@ -6,9 +6,9 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, field_serializer
@@ -18,12 +18,17 @@ from ..deps import EngineDep, SettingsDep, ZooDep
 from ..jobs import queue, submission
 from ..jobs.models import TERMINAL, JobEventRow, JobRow
 from ..jobs.plan import JobCreate
-from ..pagination import After, Limit, Offset, Page, RowId
+from ..pagination import MAX_ROW_ID, After, Limit, Offset, Page, RowId
+from ..problems import NotFound
 from ..responses import NOT_FOUND, TOKEN, error
 
 router = APIRouter(prefix="/jobs", tags=["jobs"], responses=TOKEN)
 
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+# An EventSource that reconnects sends the id of the last event it received.
+LastEventId = Annotated[int | None, Header(
+    ge=0, le=MAX_ROW_ID, description="Event stream: resume after this event id (sent by an "
+    "EventSource when it reconnects); takes the place of `after`.")]
 
 
 class JobPublic(BaseModel):
@@ -100,10 +105,13 @@ def _sse(event: JobEventRow) -> str:
 @router.get("/{job_id}/events", response_model=Page[JobEventPublic],
             responses={200: {"content": {"text/event-stream": {}}}, **NOT_FOUND})
 async def job_events(job_id: RowId, request: Request, user: UserDep, zoo: ZooDep,
-                     after: After = 0, limit: Limit = 100
+                     after: After = 0, limit: Limit = 100,
+                     last_event_id: LastEventId = None
                      ) -> Page[JobEventPublic] | StreamingResponse:
     """Typed events (status, metrics, log): JSON pages, or a server-sent event stream when
-    the client accepts text/event-stream."""
+    the client accepts text/event-stream. Each streamed event carries its `id:`, and a
+    stream resumes after the request's `Last-Event-ID`, so a reconnecting client gets only
+    the events it missed."""
     sessions = zoo.registry.sessions
     await run_in_threadpool(queue.owned, sessions, job_id, user)
     if "text/event-stream" not in request.headers.get("accept", ""):
@@ -112,7 +120,7 @@ async def job_events(job_id: RowId, request: Request, user: UserDep, zoo: ZooDep
                                     count=len(rows))
 
     async def stream() -> AsyncIterator[str]:
-        last = after
+        last = after if last_event_id is None else last_event_id
         while True:
             batch = await run_in_threadpool(queue.events_after, sessions, job_id, last, 500)
             for row in batch:
@@ -144,3 +152,21 @@ async def job_logs(job_id: RowId, user: UserDep, zoo: ZooDep, settings: Settings
     """The runner's output, every attempt in order (from Ray for Ray-run jobs)."""
     job = await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
     return await run_in_threadpool(queue.logs, job, settings.home)
+
+
+ARTIFACTS = {"curves.png": "image/png"}  # what a job may leave for its owner to fetch
+
+
+@router.get("/{job_id}/artifacts/{filename}", response_class=Response,
+            responses={**NOT_FOUND, 200: {"content": {"image/png": {}},
+                                          "description": "The artifact's bytes"}},
+            response_model=None)
+async def job_artifact(job_id: RowId, filename: str, user: UserDep, zoo: ZooDep,
+                       settings: SettingsDep) -> Response:
+    """A file the job wrote, e.g. `curves.png` (loss and validation metric per epoch)."""
+    job = await run_in_threadpool(queue.owned, zoo.registry.sessions, job_id, user)
+    path = settings.home / "jobs" / str(job.id) / filename
+    if filename not in ARTIFACTS or not path.is_file():
+        raise NotFound("artifact", f"job {job.id} has no artifact {filename!r}; it may "
+                       f"have: {', '.join(ARTIFACTS)} (written when training ends)")
+    return Response(await run_in_threadpool(path.read_bytes), media_type=ARTIFACTS[filename])

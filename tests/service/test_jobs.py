@@ -284,6 +284,12 @@ def test_pretrain_job_makes_a_new_encoder(tmp_path: Path) -> None:
         assert card["lineage"]["job_id"] == r.json()["id"]
         assert {e["protocol"] for e in card["evaluation"]} == {
             "linear_probe", "random_init_linear_probe"}
+        # Watchable like a fine-tune: percent, loss and history, curves as an artifact.
+        assert done["progress"]["percent"] == 100.0 and done["progress"]["loss"] > 0
+        assert [r["epoch"] for r in done["metrics"]["history"]] == [1]
+        assert done["progress"]["phase"] == "succeeded"
+        png = httpx.get(s.url + card["lineage"]["curves_png"], headers=h(ALICE))
+        assert png.status_code == 200 and png.content.startswith(b"\x89PNG")
     finally:
         s.stop()
 

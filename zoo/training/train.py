@@ -42,9 +42,12 @@ def to_unit(images: torch.Tensor) -> torch.Tensor:
 def pretrain(objective: Objective, images: torch.Tensor, policy: Policy, config: TrainConfig,
              groups: torch.Tensor | None = None,
              on_epoch: Callable[[dict[str, Any]], None] | None = None,
-             on_step: Callable[[int, int], None] | None = None,
+             on_step: Callable[[int, int, torch.Tensor], None] | None = None,
              metrics_path: Path | None = None) -> list[dict[str, Any]]:
-    """Train `objective` on uint8 images (N, C, *S); returns per-epoch metrics."""
+    """Train `objective` on uint8 images (N, C, *S); returns per-epoch metrics.
+
+    `on_step` gets (step, total, loss) with the loss still on the device: a caller that
+    reports now and then synchronises once per report, not once per step."""
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     gen = torch.Generator(device=device).manual_seed(config.seed)
@@ -97,7 +100,7 @@ def pretrain(objective: Objective, images: torch.Tensor, policy: Policy, config:
             seen += x.shape[0]
             step += 1
             if on_step:
-                on_step(step, total)
+                on_step(step, total, loss.detach())
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch + 1, "loss": float(torch.stack(losses).mean()),
                   "seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1),

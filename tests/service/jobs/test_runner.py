@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from service.jobs.plan import FinetunePlan
-from service.jobs.runner import finetuned_card
+from service.jobs.runner import task_model_card
 from zoo.cards import EncoderCard, StoredCard
 from zoo.catalog import DatasetRow
 
@@ -18,7 +18,7 @@ SEED = Path(__file__).resolve().parents[3] / "zoo" / "seed"
 
 
 @pytest.mark.parametrize("dataset_name", ["breastmnist", "breast.v2", "Breast_MNIST-"])
-def test_finetuned_card_is_a_valid_card(dataset_name: str) -> None:
+def test_task_model_card_is_a_valid_card(dataset_name: str) -> None:
     raw = json.loads((SEED / "resnet18-2d.simclr-pneumoniamnist" / "card.json").read_text())
     repo = f"taskalign/{raw['name']}"
     parent = StoredCard(**raw, repo_id=repo, revision=1, commit="c" * 40,
@@ -29,8 +29,19 @@ def test_finetuned_card_is_a_valid_card(dataset_name: str) -> None:
                         label_fraction=0.1, seed=0, epochs=2, lr=1e-3, batch_size=32,
                         device="cpu")
     row = DatasetRow(id=4, name=dataset_name, modality="ultrasound")
-    card = EncoderCard.model_validate(
-        finetuned_card(parent, plan, row, 7, {"auc": 0.81234, "acc": 0.7}))
+    from zoo.training.finetune import FinetuneOutcome
+
+    outcome = FinetuneOutcome(
+        model=None, metrics={"auc": 0.81234, "acc": 0.7},
+        report={"ci95": {"auc": (0.7, 0.9), "acc": (0.6, 0.8)}, "threshold": 0.4,
+                "calibration_ece": 0.05, "confusion_matrix": [[3, 1], [2, 4]],
+                "balanced_accuracy": 0.71, "majority_rate": 0.6},
+        history=[{"epoch": 1, "train_loss": 0.6, "val_auc": 0.7}], labelled=8,
+        labelled_per_class_min=4, seconds=1.0)
+    card = EncoderCard.model_validate(task_model_card(parent, plan, row, 7, outcome,
+                                                      ["normal", "pneumonia"], None))
+    assert card.task.classes == ["normal", "pneumonia"] and card.task.few_labels
+    assert card.evaluation[0].ci95 == (0.7, 0.9)
     assert card.name.startswith("resnet18-2d.ft-job7-")  # the short name; the owner is apart
     assert card.parent == card.lineage["parent"] == repo  # the parent's full repository id
     assert card.lineage["parent_commit"] == "c" * 40
