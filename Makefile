@@ -20,9 +20,11 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/taskalign serve
 
-# pytest exits 5 when it collects no test; that is not a failure of the suite.
+# pytest exits 5 when it collects no test; that is not a failure of the suite. Two
+# processes, a test file each at a time (module-scoped servers stay in one process).
+TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -4,6 +4,8 @@
     GET /healthz (a trivial route of the same server) in the same run. Target p99 < 50 ms.
 (b) Job overhead: time from POST /v1/jobs to the job's first training step (its first
     progress report), with an idle worker. Target < 5 s locally.
+(c) Live view: from the end of each epoch (the metrics event's timestamp) to the event
+    reaching the stream client of `taskalign jobs follow`. Target < 2 s.
 
     .venv/bin/python bench/jobs.py
 """
@@ -26,6 +28,27 @@ from tests.conftest import Server  # noqa: E402
 from tests.service.test_jobs import ADMIN, ALICE, ENC, TOKENS, h, seed_server  # noqa: E402
 
 
+def follow_delays(url: str, ds: int, epochs: int = 6) -> list[float]:
+    """Seconds from each epoch's metrics event being written (its created_at, the moment
+    the runner reported the epoch's end) to its arrival through the SSE client that
+    `taskalign jobs follow` reads with (service.cli_http.Client.events)."""
+    from datetime import datetime
+
+    from service.cli_http import Client
+
+    job_id = httpx.post(f"{url}/v1/jobs", headers=h(ALICE), json={
+        "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": epochs,
+        "mode": "full"}).json()["id"]
+    delays = []
+    with Client(url, ALICE) as client:
+        for kind, _, data in client.events(f"/v1/jobs/{job_id}/events"):
+            arrived = time.time()
+            if kind == "metrics" and "epoch" in data["data"] and "val_auc" in data["data"]:
+                written = datetime.fromisoformat(data["created_at"]).timestamp()
+                delays.append(arrived - written)
+    return delays
+
+
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp), TASKALIGN_WORKER="true", **TOKENS)
@@ -45,6 +68,7 @@ def main() -> None:
             while httpx.get(f"{url}/v1/jobs/{first['id']}", headers=h(ALICE)).json()[
                     "status"] not in ("succeeded", "failed"):
                 time.sleep(0.2)
+            delays = follow_delays(url, ds)
             busy = httpx.post(f"{url}/v1/jobs", headers=h(ALICE), json={
                 "type": "finetune", "encoder": ENC, "dataset_id": ds, "epochs": 400,
                 "mode": "full"}).json()
@@ -67,6 +91,9 @@ def main() -> None:
     print(f"(b) job overhead, submit -> first training step reported: {overhead:.2f} s "
           f"(target < 5 s: {'met' if overhead < 5 else 'NOT met'}); includes the claim poll, "
           "starting the runner process (Python, torch), loading data and encoder")
+    print(f"(c) epoch end -> event read by the client `taskalign jobs follow` uses, "
+          f"{len(delays)} epochs: median {statistics.median(delays):.2f} s, max "
+          f"{max(delays):.2f} s (target < 2 s: {'met' if max(delays) < 2 else 'NOT met'})")
     print(f"(a) {queued} jobs queued, worker busy on job {busy['id']} ({state}); 4 connections,"
           f" 5 s each:")
     for name, r in runs.items():

@@ -5,7 +5,8 @@ For `--minutes` (default 10) a few client threads send a mix of requests to a re
 processes, all on one fresh PostgreSQL database and one TASKALIGN_HOME:
 
     recommend, list encoders, encoder detail, file download (full, Range, If-None-Match),
-    embed (PNG / NPY made from real MedMNIST images), list datasets, submit fine-tune jobs
+    embed or predict (PNG / NPY made from real MedMNIST images; predict for the task
+    models fine-tunes produce), list datasets, submit fine-tune jobs
     with an Idempotency-Key (some sent three times at once with the same key, some repeated
     later), cancel some, poll job status, list jobs, read events (JSON pages and SSE),
     and GET /healthz as the in-run baseline for latency.
@@ -79,7 +80,7 @@ PAUSE_PAST_LEASE = 25.0
 # What each kind of request may answer without it being a finding.
 EXPECTED: dict[str, tuple[int, ...]] = {
     "healthz": (200,), "recommend": (200,), "encoders_list": (200,),
-    "encoder_detail": (200,), "download": (200, 206, 304), "embed": (200,),
+    "encoder_detail": (200,), "download": (200, 206, 304), "embed": (200,), "predict": (200,),
     "datasets_list": (200,), "submit": (202,), "submit_dup": (202,), "submit_repeat": (202,),
     "job_status": (200,), "jobs_list": (200,), "job_events": (200,), "job_events_sse": (200,),
     "cancel": (200, 409),
@@ -773,7 +774,9 @@ class Soak:
         n = rng.randint(1, 8 if card["spatial_dims"] == 2 else 2)
         files = [("images", (name, data, "application/octet-stream"))
                  for name, data in rng.sample(pool, min(n, len(pool)))]
-        self.rec.call(c, "embed", "POST", f"/v1/encoders/{e['name']}/embed", files=files)
+        # Fine-tune results are task models: they answer /predict, encoders /embed.
+        route, kind = ("predict", "predict") if card.get("task") else ("embed", "embed")
+        self.rec.call(c, kind, "POST", f"/v1/encoders/{e['name']}/{route}", files=files)
 
     def op_datasets(self, c: httpx.Client, user: str, rng: random.Random) -> None:
         self.rec.call(c, "datasets_list", "GET", "/v1/datasets")

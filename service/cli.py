@@ -19,11 +19,13 @@ app = typer.Typer(help="TaskAlign: task-aligned self-supervised learning for med
 def _register_subcommands() -> None:
     from .cli_datasets import app as datasets_app
     from .cli_jobs import app as jobs_app
+    from .cli_predict import predict
     from .cli_zoo import app as zoo_app
 
     app.add_typer(zoo_app, name="zoo")
     app.add_typer(datasets_app, name="datasets")
     app.add_typer(jobs_app, name="jobs")
+    app.command("predict")(predict)
 
 
 _register_subcommands()

@@ -3,7 +3,6 @@ ONNX file). File formats and resizing are zoo.imaging's."""
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -14,7 +13,7 @@ import numpy as np
 from .cards import StoredCard
 from .imaging import ImageError, declared_values, load, normalise
 
-__all__ = ["ImageError", "SessionCache", "decode", "embed", "request_values"]
+__all__ = ["ImageError", "SessionCache", "declared_sizes", "decode", "embed"]
 
 
 def decode(name: str, data: bytes, card: StoredCard, max_values: int = 64 * 2**20,
@@ -32,15 +31,16 @@ def decode(name: str, data: bytes, card: StoredCard, max_values: int = 64 * 2**2
     return normalise(unit, card.normalization.mean, card.normalization.std)
 
 
-def request_values(files: list[tuple[str, bytes]], card: StoredCard) -> int:
-    """Values a request decodes: what each file declares, plus the model-sized copy."""
-    per_input = card.in_channels * int(np.prod(card.input_size))
-    total = 0
+def declared_sizes(files: list[tuple[str, bytes]]) -> list[tuple[str, int, str | None]]:
+    """(name, values its header declares, problem) per file, from headers alone: a file
+    whose header cannot be read, or declares an absurd image, has a problem instead."""
+    sizes: list[tuple[str, int, str | None]] = []
     for name, data in files:
-        with contextlib.suppress(ImageError):  # named as a problem when it is decoded
-            total += declared_values(name, data)
-        total += per_input
-    return total
+        try:
+            sizes.append((name, declared_values(name, data), None))
+        except ImageError as err:
+            sizes.append((name, 0, err.problem))
+    return sizes
 
 
 class SessionCache:

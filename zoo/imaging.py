@@ -103,14 +103,17 @@ def _nifti_geometry(name: str, head: bytes) -> tuple[tuple[int, ...], int, int]:
 def declared_values(name: str, data: bytes) -> int:
     """How many values the file says it holds, read from its header alone."""
     kind = kind_of(name)
+    from PIL import Image
+
     try:
         if kind == "picture":
-            from PIL import Image
-
             with Image.open(io.BytesIO(data)) as img:
                 return img.size[0] * img.size[1] * len(img.getbands())
         if kind == "npy":
-            shape, _ = _npy_header(data)
+            shape, dtype = _npy_header(data)
+            if dtype.hasobject:
+                raise ImageError(name, "an object array: pickled arrays are refused; send a "
+                                       "plain numeric .npy")
             return math.prod(shape)
         if kind == "dicom":
             import pydicom
@@ -125,6 +128,9 @@ def declared_values(name: str, data: bytes) -> int:
             return math.prod(shape)
     except ImageError:
         raise
+    except Image.DecompressionBombError:
+        raise ImageError(name, "declares an image far too large (over "
+                               f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,} pixels)") from None
     except Exception:  # each reader has its own errors for a broken header
         raise ImageError(name, f"not a readable {kind} file") from None
     raise AssertionError(kind)

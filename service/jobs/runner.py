@@ -146,7 +146,7 @@ def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
     curves = save_curves(job.id, outcome.history,
                          f"job {job.id}: {plan.mode} on {dataset_row.name}")
     card = task_model_card(parent, plan, dataset_row, job.id, outcome,
-                           class_names(dataset, dataset_row), curves)
+                           class_names(dataset, dataset_row), curves, dataset.image_size)
     state = {f"encoder.{k}": v for k, v in outcome.model.encoder.state_dict().items()}
     if plan.mode == "linear_probe":  # the encoder is the parent's, stored as the parent was
         stored_as = {k: v.dtype for k, v in load_file(str(store.path(weights.sha256))).items()}
@@ -214,9 +214,10 @@ def job_reader(job: JobRow) -> Principal:
 
 def task_model_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow,
                     job_id: int, outcome: Any, classes: list[str],
-                    curves: str | None) -> dict[str, Any]:
-    """The task model's card: the parent encoder's facts, the head and what it predicts,
-    this job's lineage, and test scores with their intervals."""
+                    curves: str | None, input_size: list[int]) -> dict[str, Any]:
+    """The task model's card: the parent encoder's facts at the size it was trained at
+    (a 28-px encoder tuned on 64-px images is a 64-px model), the head and what it
+    predicts, this job's lineage, and test scores with their intervals."""
     arch, _, _ = parent.name.partition(".")
     name = f"{arch}.ft-job{job_id}-{slug(dataset_row.name)}"[:96].rstrip("-")
     parent_repo = parent.repo_id or plan.encoder
@@ -228,6 +229,7 @@ def task_model_card(parent: StoredCard, plan: FinetunePlan, dataset_row: Dataset
     few = outcome.labelled_per_class_min < FEW_LABELS
     card.update({
         "name": name,
+        "input_size": list(input_size),
         "modality": dataset_row.modality or parent.modality,
         "parent": parent_repo,
         "lineage": {"parent": parent_repo, "parent_revision": parent.revision,

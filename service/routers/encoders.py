@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -17,7 +18,7 @@ from rules.vocabulary import UnknownValueError, Vocabulary, canonical_key
 from zoo.access import OWNER_PATTERN, Reader, default_owner, may_write, repo_id
 from zoo.cards import NAME_PATTERN, FileEntry, StoredCard, is_pickle_name
 from zoo.catalog import EncoderRow, FileRow, RevisionRow
-from zoo.embed import ImageError, decode, embed, request_values
+from zoo.embed import ImageError, declared_sizes, decode, embed
 from zoo.matching import DIMS
 from zoo.registry import ONNX, prepare
 
@@ -348,15 +349,25 @@ async def run_model(zoo: ZooState, repo: str, revision: str | None, reader: Read
     if not task_model and card.task is not None:
         raise HTTPException(422, f"{repo} is a task model ({card.task.kind}): use "
                                  f"/v1/encoders/{repo}/predict")
+    budget = settings.max_embed_values
+    per_input = card.in_channels * math.prod(card.input_size)
+    if per_input * len(images) > budget:  # the resized copies are held together
+        raise HTTPException(422, f"{len(images)} images of {per_input:,} values each (the "
+                                 f"model's input) is over the limit of {budget:,} values per "
+                                 f"request; send at most {max(1, budget // per_input)} images "
+                                 "of this size at once")
     files = [(upload.filename or f"image[{i}]", await upload.read())
              for i, upload in enumerate(images)]
-    budget = settings.max_embed_values
-    needed = request_values(files, card)
-    if needed > budget:
-        raise HTTPException(422, f"these {len(files)} images hold {needed:,} values once "
-                                 f"decoded (as their headers declare, plus the resized copy); "
-                                 f"the limit is {budget:,} per request: send fewer or smaller "
-                                 "images")
+    # Each file is decoded whole, one at a time, before it is resized: what its header
+    # declares must fit the budget too. Checked before any pixel is decoded.
+    oversized = [{"loc": ["body", "images", i], "image": name, "type": "bad_image",
+                  "msg": f"declares {values:,} values, over the limit of {budget:,} per "
+                         "request (TASKALIGN_MAX_EMBED_VALUES)" if problem is None
+                         else problem}
+                 for i, (name, values, problem) in enumerate(declared_sizes(files))
+                 if problem is not None or values > budget]
+    if oversized:
+        raise HTTPException(422, detail=oversized)
     # Decoding is CPU work: off the event loop, so other requests keep being served.
     arrays, problems = await run_in_threadpool(decode_all, files, card, budget, slice_index)
     if problems:

@@ -29,6 +29,21 @@ BREAST = DATA_DIR / "medmnist" / "breastmnist.npz"
 runner = CliRunner()
 
 
+def at_width(columns: int) -> None:
+    """Every CLI console at this terminal width. Rich fixes a console's width when it is
+    created if COLUMNS is set then, so in this process (other tests import the CLI too)
+    the width is set on the consoles, as a terminal of that size would give it."""
+    import sys
+
+    from rich.console import Console
+
+    for name, module in list(sys.modules.items()):
+        if name == "service.cli" or name.startswith("service.cli_"):
+            for value in vars(module).values():
+                if isinstance(value, Console):
+                    value.width = columns
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not BREAST.exists():
@@ -54,6 +69,7 @@ def cli(*args: str, url: str | None, token: str | None = ALICE,
     """Run `taskalign ARGS` in this process, with only the given client settings."""
     full = {"TASKALIGN_URL": url, "TASKALIGN_TOKEN": token, "TASKALIGN_ZOO_URL": None,
             "TASKALIGN_HOST": None, "TASKALIGN_PORT": None, "COLUMNS": "160", **env}
+    at_width(160)
     return runner.invoke(app, list(args), env=full, catch_exceptions=False)
 
 
@@ -171,6 +187,7 @@ def recommend_output(home: Path, *args: str) -> str:
     """`taskalign recommend` at 80 columns over the zoo in `home` (the CLI reads the local
     zoo through the cached settings, so the cache is cleared around the call)."""
     get_settings.cache_clear()
+    at_width(80)
     try:
         done = runner.invoke(app, ["recommend", *args], catch_exceptions=False,
                              env={"TASKALIGN_HOME": str(home), "COLUMNS": "80"})

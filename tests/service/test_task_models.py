@@ -217,3 +217,32 @@ def test_predict_limits_follow_the_hardening_rules(trained: dict[str, Any]) -> N
     r = predict(url, repo, [("notes.txt", b"hello")])
     assert r.status_code == 422 and ".dcm" in r.text
     assert httpx.get(f"{url}/v1/jobs", headers=h(ADMIN)).status_code == 200
+
+
+def test_the_cli_predicts_for_dicom_nifti_and_jpeg(trained: dict[str, Any],
+                                                  tmp_path: Path) -> None:
+    """`taskalign predict` against the live server gives the API's answer, and a table."""
+    import os
+    import subprocess
+    import sys
+
+    url = trained["url"]
+    repo = trained["jobs"]["full"]["result"]["encoder"]
+    images, _ = medmnist("breastmnist", n=1)
+    (tmp_path / "photo.jpg").write_bytes(jpeg_bytes(images[0], 120))
+    paths = [str(DICOM), str(NIFTI), str(tmp_path / "photo.jpg")]
+    env = {**os.environ, "TASKALIGN_URL": url, "TASKALIGN_TOKEN": ALICE, "COLUMNS": "100"}
+    cli = [sys.executable, "-m", "service.cli", "predict", repo, *paths]
+    out = subprocess.run([*cli, "--json"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    body = json.loads(out.stdout)
+    api = predict(url, repo, [(Path(p).name, Path(p).read_bytes()) for p in paths]).json()
+    assert body["data"] == api["data"]
+    table = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=120)
+    assert table.returncode == 0 and "CT_small.dcm" in table.stdout
+    assert "normal or benign" in table.stdout
+    refused = subprocess.run([sys.executable, "-m", "service.cli", "predict", ENC,
+                              str(tmp_path / "photo.jpg")], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert refused.returncode == 1 and "not a task model" in refused.stderr

@@ -37,7 +37,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     try:
         for c in cards().values():
             r = httpx.post(f"{server.url}/v1/encoders", files=upload_files(c, weights(c)),
-                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+                           headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
             assert r.status_code == 201, r.text
         yield server.url
     finally:
@@ -118,7 +118,7 @@ def test_latest_revision_only_and_modalities_outside_the_vocabulary(url: str) ->
     c = {**cards()[US], "modality": "thermography",
          "pretraining_data": {"name": "in-house", "licence": "CC-BY-4.0"}}
     r = httpx.post(f"{url}/v1/encoders", files=upload_files(c, weights(c, seed=1)),
-                   headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120)
+                   headers={"Authorization": f"Bearer {TOKEN}"}, timeout=300)
     assert r.status_code == 201, r.text
     body = httpx.get(f"{url}/v1/encoders", params={"q": "search-busi"}).json()
     assert body["count"] == 1 and body["data"][0]["latest_revision"] == 2

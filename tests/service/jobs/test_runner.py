@@ -39,7 +39,8 @@ def test_task_model_card_is_a_valid_card(dataset_name: str) -> None:
         history=[{"epoch": 1, "train_loss": 0.6, "val_auc": 0.7}], labelled=8,
         labelled_per_class_min=4, seconds=1.0)
     card = EncoderCard.model_validate(task_model_card(parent, plan, row, 7, outcome,
-                                                      ["normal", "pneumonia"], None))
+                                                      ["normal", "pneumonia"], None, [64, 64]))
+    assert card.input_size == [64, 64]  # trained at the dataset's size, not the parent's
     assert card.task.classes == ["normal", "pneumonia"] and card.task.few_labels
     assert card.evaluation[0].ci95 == (0.7, 0.9)
     assert card.name.startswith("resnet18-2d.ft-job7-")  # the short name; the owner is apart

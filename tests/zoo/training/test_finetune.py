@@ -42,10 +42,10 @@ def test_zero_encoder_multiplier_keeps_the_encoder(small_breast: Dataset) -> Non
     start = encoder()
     before = weights(start)
     out = finetune_classifier(start, small_breast, settings(encoder_lr_multiplier=0.0))
-    after = weights(out.encoder)
+    after = weights(out.model.encoder)
     assert all(torch.equal(before[k], after[k]) for k in before)
     moved = finetune_classifier(encoder(), small_breast, settings(encoder_lr_multiplier=1.0))
-    assert not all(torch.equal(before[k], v) for k, v in weights(moved.encoder).items())
+    assert not all(torch.equal(before[k], v) for k, v in weights(moved.model.encoder).items())
     assert set(out.metrics) == {"auc", "acc"} and out.labelled == 64
 
 
@@ -58,12 +58,13 @@ def test_augmentations_change_training_and_unusable_ones_are_reported(
         lambda progress, metrics, line: lines.append(line or ""))
     assert any("color_jitter skipped" in line for line in lines)  # single-channel images
     assert not all(torch.equal(a, b) for a, b in zip(
-        weights(plain.encoder).values(), weights(augmented.encoder).values(), strict=True))
+        weights(plain.model.encoder).values(), weights(augmented.model.encoder).values(),
+        strict=True))
 
 
 def test_linear_probe_leaves_the_encoder_as_it_was(small_breast: Dataset) -> None:
     start = encoder()
     before = weights(start)
     out = finetune_classifier(start, small_breast, settings(mode="linear_probe"))
-    assert all(torch.equal(before[k], v) for k, v in weights(out.encoder).items())
+    assert all(torch.equal(before[k], v) for k, v in weights(out.model.encoder).items())
     assert 0.0 <= out.metrics["auc"] <= 1.0

@@ -1,0 +1,58 @@
+"""`taskalign predict MODEL FILE...`: class probabilities from a zoo task model, for the
+files people have (PNG, JPEG, NPY, DICOM, NIfTI), computed by the server."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .cli_http import Client, Token, Url
+
+console = Console()
+err = Console(stderr=True)
+
+
+def predict(
+    model: Annotated[str, typer.Argument(help="Task model repository owner/name, e.g. "
+                                         "alice/resnet18-2d.ft-job3-breast.")],
+    files: Annotated[list[Path], typer.Argument(help="Image files: .png .jpg .npy .dcm "
+                                                ".nii .nii.gz", exists=True, dir_okay=False)],
+    revision: Annotated[str | None, typer.Option(help="Revision or commit (default: "
+                                                 "latest).")] = None,
+    slice_index: Annotated[int | None, typer.Option(
+        "--slice", help="For a 2D model given a volume: the slice (default: middle).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
+    url: Url = None,
+    token: Token = None,
+) -> None:
+    """Predict with a task model; the table shows the decision and each class's
+    probability per file."""
+    if "/" not in model:
+        err.print(f"[red]error[/red] {model!r}: give the repository as owner/name")
+        raise typer.Exit(2)
+    form = {k: str(v) for k, v in {"revision": revision, "slice_index": slice_index}.items()
+            if v is not None}
+    parts = [("images", (f.name, f.read_bytes(), "application/octet-stream")) for f in files]
+    with Client(url, token, timeout=300) as client:
+        body = client.post(f"/v1/encoders/{model}/predict", files=parts, data=form)
+    if as_json:
+        typer.echo(json.dumps(body))
+        return
+    table = Table(title=f"{body['name']} (revision {body['revision']})")
+    table.add_column("file", overflow="fold")
+    table.add_column("decision")
+    for name in body["classes"]:
+        table.add_column(name, justify="right", overflow="fold")
+    for item in body["data"]:
+        table.add_row(item["image"], item["top_class"],
+                      *(f"{item['probabilities'][c]:.3f}" for c in body["classes"]))
+    console.print(table)
+    if body.get("threshold") is not None:
+        console.print(f"[dim]decision: {body['classes'][1]} when its probability is at "
+                      f"least {body['threshold']:.4f} (chosen on validation)[/dim]")
