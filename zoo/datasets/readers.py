@@ -38,6 +38,8 @@ class Split:
     images: torch.Tensor  # uint8, (N, C, *spatial)
     labels: torch.Tensor | None  # int64, (N,); None in an unlabelled dataset
     groups: torch.Tensor | None = None  # int64 group/patient ids, (N,)
+    # uint8 class index per pixel/voxel, (N, *spatial), 0 = background; None without masks.
+    masks: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -66,6 +68,11 @@ class Dataset:
         """Whether every split has labels; an unlabelled set has none in any split (and may
         lack val and test), which is all self-supervised pretraining needs."""
         return all(s.labels is not None for s in self.splits.values())
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether every split carries segmentation masks (a segmentation dataset)."""
+        return all(s.masks is not None for s in self.splits.values())
 
     @property
     def num_classes(self) -> int:

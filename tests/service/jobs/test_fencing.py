@@ -22,6 +22,7 @@ from service.jobs.models import JobEventRow, JobRow
 from service.jobs.runner import complete
 from service.migrate import upgrade
 from tests.conftest import Server
+from tests.service.test_jobs import wait_for
 from tests.utils import DATA_DIR, card, upload_files, weights
 from zoo.catalog import EncoderRow
 from zoo.registry import Registry, prepare
@@ -139,16 +140,6 @@ def runner_alive(job_id: int, lease: int) -> bool:
     return found.returncode == 0
 
 
-def wait(fn, timeout: float, every: float = 0.2):  # noqa: ANN001, ANN201
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = fn()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"condition not met in {timeout} s")
-
-
 def test_a_paused_worker_that_comes_back_changes_nothing(tmp_path: Path) -> None:
     """The attacker's finding: a worker paused past its lease (SIGSTOP: a hung host) came
     back while the retry ran, and both attempts reported. Now the paused attempt's runner
@@ -173,14 +164,14 @@ def test_a_paused_worker_that_comes_back_changes_nothing(tmp_path: Path) -> None
             return httpx.get(f"{s.url}/v1/jobs/{job_id}", headers=AUTH).json()
 
         workers.append(start_worker(tmp_path))
-        wait(lambda: job()["progress"].get("epoch", 0) >= 1, 180)
+        wait_for(lambda: job()["progress"].get("epoch", 0) >= 1, 180)
         workers[0].send_signal(signal.SIGSTOP)  # its runner child keeps going, unfenced
         workers.append(start_worker(tmp_path))
-        wait(lambda: job()["attempts"] == 2 and job()["status"] == "running", 60)
+        wait_for(lambda: job()["attempts"] == 2 and job()["status"] == "running", 60)
         # The first attempt's runner notices within about a second and exits.
-        wait(lambda: not runner_alive(job_id, 1), 10)
+        wait_for(lambda: not runner_alive(job_id, 1), 10)
         workers[0].send_signal(signal.SIGCONT)
-        final = wait(lambda: (j := job())["status"] in ("succeeded", "failed") and j, 300)
+        final = wait_for(lambda: (j := job())["status"] in ("succeeded", "failed") and j, 300)
         assert final["status"] == "succeeded", final
         time.sleep(2)  # the resumed worker ticks; anything it would write lands by now
         events: list[dict] = []
