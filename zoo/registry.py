@@ -27,7 +27,7 @@ from rules.vocabulary import Vocabulary, load_vocabulary
 from .access import ANONYMOUS, ORG, OWNER, Reader, repo_id, visible
 from .cards import EncoderCard, FileEntry, StoredCard, declared_part, now
 from .catalog import EncoderRow, FileRow, RevisionRow
-from .search import query_modalities, spellings
+from .search import anatomy_words, query_anatomy, query_modalities, query_words, spellings
 from .storage import BlobStore
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
@@ -206,6 +206,26 @@ def commit_id(name: str, number: int, shas: dict[str, str]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
+def _text_match(text: str, vocab: Vocabulary) -> Any:
+    """SQL condition: `text` in an encoder's name, description, modality or dataset names,
+    or a modality the vocabulary reads it as; an anatomy also matches its other names in
+    that text ("thorax" finds "chest")."""
+    card = RevisionRow.card
+    columns = (EncoderRow.name, EncoderRow.description, EncoderRow.modality,
+               card[("pretraining_data", "name")].as_string(),
+               card[("lineage", "dataset")].as_string())
+    words = {text.lower()}
+    anatomy = query_anatomy(vocab, text)
+    if anatomy:
+        words |= anatomy_words(vocab, anatomy)
+    terms = [func.lower(column).contains(word, autoescape=True)
+             for column in columns for word in sorted(words)]
+    named = set().union(*(spellings(vocab, m) for m in query_modalities(vocab, text)))
+    if named:
+        terms.append(func.lower(EncoderRow.modality).in_(sorted(named)))
+    return or_(*terms)
+
+
 class Registry:
     def __init__(self, sessions: sessionmaker[Session], store: BlobStore):
         self.sessions, self.store = sessions, store
@@ -344,7 +364,8 @@ class Registry:
         uploader's). `q` is a case-insensitive substring of the name, description,
         modality, or the latest card's pretraining dataset (or fine-tuning dataset) name;
         a `q` that the vocabulary reads as a modality or an anatomy ("cxr", "chest") also
-        finds the modalities it names.
+        finds the modalities it names. A query of several words that matches nothing as a
+        phrase matches where each of its words does ("chest ct", "pneumonia x-ray").
         """
         vocab = vocabulary or load_vocabulary()
         query = select(EncoderRow).where(
@@ -361,20 +382,16 @@ class Registry:
         if dims:
             query = query.where(EncoderRow.spatial_dims == dims)
         if q:
-            text = q.lower()
-            card = RevisionRow.card
             # The latest revision only: (encoder_id, number) is unique, so no row doubles.
             query = query.outerjoin(RevisionRow, and_(
                 RevisionRow.encoder_id == EncoderRow.id,
                 RevisionRow.number == EncoderRow.latest_revision))
-            terms = [func.lower(column).contains(text, autoescape=True) for column in (
-                EncoderRow.name, EncoderRow.description, EncoderRow.modality,
-                card[("pretraining_data", "name")].as_string(),
-                card[("lineage", "dataset")].as_string())]
-            named = set().union(*(spellings(vocab, m) for m in query_modalities(vocab, q)))
-            if named:
-                terms.append(func.lower(EncoderRow.modality).in_(sorted(named)))
-            query = query.where(or_(*terms))
+            words = query_words(q)
+            match = _text_match(q, vocab)
+            if words:  # the phrase, or else every word on its own
+                match = or_(match, and_(*(_text_match(w, vocab)
+                                          for w in words)))
+            query = query.where(match)
         with self.sessions() as session:
             count = session.scalar(select(func.count()).select_from(query.subquery()))
             rows = session.scalars(query.order_by(EncoderRow.name).limit(limit)

@@ -6,6 +6,10 @@ must also find `X-Ray` or `cxr`. And a query such as "chest" or "thorax" should 
 X-ray encoders although no card says "chest": the vocabulary links anatomies to the
 modalities that image them (fixed anatomies, `modality:anatomy` defaults, and aliases
 such as `chest_xray`). Pure Python over the vocabulary; the SQL stays in the registry.
+
+A query of several words ("chest ct", "pneumonia x-ray") finds an encoder that matches
+it as a phrase or that matches each of its words on its own: every word narrows the
+result, as in any search box.
 """
 
 from __future__ import annotations
@@ -39,15 +43,43 @@ def _anatomies_of(vocab: Vocabulary, modality: str) -> set[str]:
     return found
 
 
+def _lookup(table: dict[str, str], key: str) -> str | None:
+    """An alias table entry, also when the query splits a compound ("chest x-ray" for the
+    alias chest_xray)."""
+    if key in table:
+        return table[key]
+    squeezed = key.replace("_", "")
+    return next((v for k, v in table.items() if k.replace("_", "") == squeezed), None)
+
+
+def query_anatomy(vocab: Vocabulary, q: str) -> str | None:
+    """The canonical anatomy a query word names ("thorax" -> chest), if any."""
+    return _lookup(vocab.aliases["anatomy"], canonical_key(q))
+
+
+def anatomy_words(vocab: Vocabulary, anatomy: str) -> set[str]:
+    """Lower-case words under which free text may mention an anatomy."""
+    entry = vocab.raw["anatomies"].get(anatomy) or {}
+    words = {anatomy, *(str(a) for a in entry.get("aliases") or [])}
+    return {w.lower().replace("_", " ") for w in words}
+
+
 def query_modalities(vocab: Vocabulary, q: str) -> set[str]:
     """Canonical modalities that the whole query names: a modality or one of its aliases
     ("cxr", "x-ray"), or an anatomy or alias ("chest", "thorax") those modalities show."""
     key = canonical_key(q)
     found: set[str] = set()
-    modality = vocab.aliases["modality"].get(key)
+    modality = _lookup(vocab.aliases["modality"], key)
     if modality:
         found.add(modality)
-    anatomy = vocab.aliases["anatomy"].get(key)
+    anatomy = query_anatomy(vocab, q)
     if anatomy:
         found |= {m for m in vocab.raw["modalities"] if anatomy in _anatomies_of(vocab, m)}
     return found
+
+
+def query_words(q: str) -> list[str]:
+    """The words of a query, in order and without repeats; a single word gives []: it is
+    already the whole query."""
+    words = list(dict.fromkeys(w for w in q.replace(",", " ").split() if w))
+    return words if len(words) > 1 else []

@@ -81,6 +81,13 @@ def test_filters_take_the_recommenders_aliases(url: str, params: dict[str, str],
     ("pneumonia", [XRAY]),      # name, description and dataset
     ("shape masks", [CT]),      # description
     ("ultra", [US]),            # substring of the stored modality
+    ("paediatric pneumonia", [XRAY]),  # a phrase in the description
+    ("pneumonia chest", [XRAY]),       # several words: each must match on its own
+    ("chest x-ray", [XRAY]),           # the alias chest_xray, written as two words
+    ("adrenal ct", [CT]),
+    ("breastmnist, sonography", [US]),
+    ("chest ct", []),                  # no CT encoder of the chest here
+    ("pneumonia ultrasound", []),
     ("%", []),                  # LIKE wildcards are literal
     ("_", []),
 ])
@@ -150,7 +157,8 @@ def test_search_sql_on_postgresql(database_url: str, tmp_path: Path) -> None:
     try:
         for where, expected in (({"q": "chest"}, 1), ({"q": "PneumoniaMNIST"}, 1),
                                 ({"q": "%"}, 0), ({"modality": "xray"}, 1),
-                                ({"q": "adrenal"}, 0)):
+                                ({"q": "adrenal"}, 0), ({"q": "pneumonia chest"}, 1),
+                                ({"q": "chest ct"}, 0)):
             rows, count = registry.list(**where)
             assert count == len(rows) == expected, where
     finally:
