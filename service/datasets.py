@@ -14,10 +14,10 @@ from rules.vocabulary import UnknownValueError, load_vocabulary
 from zoo.cards import now
 from zoo.catalog import DatasetRow
 
-from .auth import User
 from .config import Settings
-from .pagination import fetch_page
+from .db import fetch_page
 from .problems import Conflict, Invalid, NotFound
+from .users import User
 from .zoo_state import ZooState
 
 if TYPE_CHECKING:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, Select, create_engine, event, func, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings
@@ -41,3 +42,11 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def iter_session(factory: sessionmaker[Session]) -> Iterator[Session]:
     with factory() as session:
         yield session
+
+
+def fetch_page(session: Session, query: Select[Any], order: Any, limit: int,
+               offset: int) -> tuple[list[Any], int]:
+    """One page of a query's rows in the given order, and how many rows there are in all."""
+    count = session.scalar(select(func.count()).select_from(query.subquery()))
+    rows = session.scalars(query.order_by(order).limit(limit).offset(offset)).all()
+    return list(rows), int(count or 0)

@@ -14,7 +14,6 @@ from rules.engine import MEMO_BYTES
 from zoo.storage import BlobStore
 
 from . import errors
-from .auth import load_tokens
 from .config import Settings, get_settings
 from .db import make_engine, ping, session_factory
 from .limits import BodySizeLimit
@@ -22,6 +21,7 @@ from .migrate import upgrade
 from .responses import EVERY_ROUTE
 from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
 from .url_guard import RejectNulInUrl
+from .users import load_tokens
 from .zoo_state import ZooState
 
 log = logging.getLogger("taskalign")

@@ -104,6 +104,9 @@ def test_checker_catches_a_backward_import(tmp_path: Path, monkeypatch: pytest.M
     # The API starts without the training stack; torch loads where a dataset is read, an
     # upload is checked or an encoder is trained.
     ("service.main", ("torch", "monai", "onnxruntime", "ray")),
+    # A job's runner process starts per job: the web framework would only add to the time
+    # from submission to the first training step.
+    ("service.jobs.runner, service.jobs.worker", ("fastapi", "starlette", "uvicorn")),
 ])
 def test_heavy_libraries_stay_out(modules: str, absent: tuple[str, ...]) -> None:
     """What `import` really pulls in, transitive imports included."""

@@ -29,8 +29,8 @@ from zoo.training.augment_names import COLOUR_ONLY
 from zoo.training.augment_names import KNOWN as IMPLEMENTED
 from zoo.training.pretrain_defaults import pretrain_defaults
 
-from ..auth import User
 from ..problems import Invalid
+from ..users import User
 
 JobType = Literal["finetune", "pretrain"]
 

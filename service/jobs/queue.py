@@ -24,9 +24,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql.elements import ColumnElement
 
-from ..auth import User
-from ..pagination import fetch_page
+from ..db import fetch_page
 from ..problems import Conflict, NotFound
+from ..users import User
 from .models import TERMINAL, JobEventRow, JobRow
 
 

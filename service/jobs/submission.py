@@ -8,7 +8,7 @@ from pydantic import ValidationError
 
 from rules import Engine
 
-from ..auth import User
+from ..users import User
 from ..zoo_state import ZooState
 from . import queue
 from .models import JobRow

@@ -8,9 +8,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.auth import load_tokens
 from service.config import Settings
 from service.main import create_app
+from service.users import load_tokens
 
 GOOD = "x" * 16
 

@@ -133,9 +133,9 @@ def test_plan_job_records_namespace_privacy_and_the_exact_revision(database_url:
     from sqlalchemy import create_engine
     from sqlalchemy.orm import sessionmaker
 
-    from service.auth import User
     from service.jobs.plan import plan_job
     from service.migrate import upgrade
+    from service.users import User
     from zoo.catalog import DatasetRow
     from zoo.registry import Registry, prepare
     from zoo.storage import BlobStore
