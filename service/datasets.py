@@ -7,8 +7,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+from sqlalchemy import String, cast, func, select
 
 from rules.vocabulary import UnknownValueError, load_vocabulary
 from zoo.cards import now
@@ -43,8 +43,10 @@ class DatasetPath(BaseModel):
     """Register a file or folder that already lies under the data directory."""
 
     name: str = Field(pattern=NAME)
-    path: str = Field(description="npz file or folder of images (with labels.csv for "
-                      "labels; without, an unlabelled set), under the data dir.")
+    path: str = Field(description="npz file or folder under one of your path roots: images "
+                      "with labels.csv (classification), images/ + masks/ or imagesTr/ [+ "
+                      "labelsTr/] of NIfTI files or DICOM series (segmentation), or images "
+                      "only (unlabelled).")
     modality: str | None = None
 
 
@@ -62,11 +64,26 @@ class DatasetPublic(BaseModel):
     spatial_dims: int
     channels: int
     image_size: list[int]
-    num_classes: int
-    labelled: bool = Field(description="False for images without labels: usable to "
+    num_classes: int = Field(description="Classes of the image labels (classification); 0 "
+                             "without labels. Mask classes are in `mask_classes`.")
+    labelled: bool = Field(description="False for images without labels or masks: usable to "
                            "pretrain, not to fine-tune or evaluate.")
     summary: dict[str, Any]
     created_at: datetime
+
+    @computed_field(description="`segmentation` when images have masks (even with class "
+                    "labels too), `classification` with labels only, null for images only.")
+    @property
+    def task(self) -> Literal["classification", "segmentation"] | None:
+        if "task" in self.summary:
+            return self.summary["task"]
+        return "classification" if self.labelled else None  # registered before masks
+
+    @computed_field(description="Names of the mask values 0, 1, ... (background first); "
+                    "null without masks.")
+    @property
+    def mask_classes(self) -> list[str] | None:
+        return self.summary.get("mask_classes")
 
 
 def normalise_modality(value: str | None) -> str | None:
@@ -110,10 +127,11 @@ def load_path(spec: DatasetPath, settings: Settings, user: User) -> Dataset:
     return dataset
 
 
-def load_upload(filename: str, data: bytes, name: str, channels: int,
+def load_upload(filename: str, data: bytes, name: str, channels: int | None,
                 max_bytes: int) -> tuple[Dataset, Kind, bytes]:
-    """Decode an uploaded .npz or .zip (images, with labels.csv unless unlabelled); returns
-    the dataset, its kind and the canonical npz bytes to store."""
+    """Decode an uploaded .npz or .zip (images with labels.csv, a segmentation layout, or
+    images only); returns the dataset, its kind and the canonical npz bytes to store.
+    `channels` None: 1 for classification, detected for segmentation layouts."""
     from zoo.datasets.ingest import from_npz_bytes, from_zip_bytes, to_npz_bytes
     from zoo.datasets.readers import DataError
 
@@ -126,17 +144,40 @@ def load_upload(filename: str, data: bytes, name: str, channels: int,
             return dataset, "folder", to_npz_bytes(dataset)
     except DataError as err:
         raise InvalidDataset("file", str(err)) from None
-    raise InvalidDataset("file", "upload a .npz (MedMNIST keys) or a .zip of images (with "
-                                 "labels.csv, or without for an unlabelled set)")
+    raise InvalidDataset("file", "upload a .npz (MedMNIST keys, with {split}_masks for "
+                                 "segmentation) or a .zip of images (with labels.csv; "
+                                 "images/ + masks/; imagesTr/ + labelsTr/ of NIfTI or DICOM; "
+                                 "or images only for an unlabelled set)")
+
+
+def _put_thumbnails(zoo: ZooState, dataset: Dataset) -> tuple[dict[str, Any], bool]:
+    """The overlay montage, stored as a blob (written to a temporary file and renamed, so
+    never half-written); returns what the summary records and whether the blob is new."""
+    from zoo.datasets.thumbnails import montage
+
+    sha, size, created = zoo.store.put_bytes(montage(dataset))
+    return {"sha256": sha, "size": size}, created
+
+
+def _thumbnails_in_use(zoo: ZooState, sha: str) -> bool:
+    """Whether a committed dataset's summary names this montage (identical data registered
+    twice shares one blob)."""
+    with zoo.registry.sessions() as session:
+        return bool(session.scalar(select(func.count()).select_from(DatasetRow).where(
+            cast(DatasetRow.summary, String).contains(sha))))
 
 
 def store(zoo: ZooState, owner: str, name: str, kind: Kind, dataset: Dataset,
           blob: bytes | None, path: str | None, modality: str | None) -> DatasetPublic:
-    """Blob first, then one transaction; a refused insert removes a blob it created."""
+    """Blobs first (data and thumbnails), then one transaction; a refused insert removes
+    the blobs it created."""
     from zoo.datasets.ingest import summarise
 
     sha, size, created = (None, 0, False) if blob is None else zoo.store.put_bytes(blob)
+    thumbs: dict[str, Any] = {}
+    thumbs_created = False
     try:
+        thumbs, thumbs_created = _put_thumbnails(zoo, dataset)
         with zoo.registry.sessions.begin() as session:
             exists = session.scalar(select(func.count()).select_from(DatasetRow).where(
                 DatasetRow.owner == owner, DatasetRow.name == name))
@@ -145,14 +186,18 @@ def store(zoo: ZooState, owner: str, name: str, kind: Kind, dataset: Dataset,
             row = DatasetRow(name=name, owner=owner, kind=kind, sha256=sha, path=path,
                              size=size, modality=modality, spatial_dims=dataset.spatial_dims,
                              channels=dataset.channels, image_size=dataset.image_size,
-                             num_classes=dataset.num_classes, labelled=dataset.labelled,
-                             summary=summarise(dataset), created_at=now())
+                             num_classes=dataset.num_classes,
+                             labelled=dataset.labelled or dataset.has_masks,
+                             summary={**summarise(dataset), "thumbnails": thumbs},
+                             created_at=now())
             session.add(row)
             session.flush()
             return DatasetPublic.model_validate(row)
     except BaseException:
         if created and sha:
             zoo.registry.delete_if_unreferenced(sha)
+        if thumbs_created and not _thumbnails_in_use(zoo, thumbs["sha256"]):
+            zoo.store.delete(thumbs["sha256"])
         raise
 
 
@@ -173,3 +218,14 @@ def owned(zoo: ZooState, dataset_id: int, user: User) -> DatasetPublic:
         if row is None or not user.may_access(row.owner):
             raise NotFound("dataset_id", f"no dataset {dataset_id} of yours")
         return DatasetPublic.model_validate(row)
+
+
+def thumbnails(zoo: ZooState, dataset_id: int, user: User) -> tuple[Path, str]:
+    """The stored montage of a dataset the user may see, and its sha256 (its ETag)."""
+    dataset = owned(zoo, dataset_id, user)
+    sha = (dataset.summary.get("thumbnails") or {}).get("sha256")
+    path = zoo.store.path(sha) if sha else None
+    if not sha or path is None or not path.is_file():
+        raise NotFound("dataset_id", f"dataset {dataset_id} has no thumbnails: it was "
+                       "registered before they were made; register it again to get them")
+    return path, sha

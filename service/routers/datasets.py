@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, HTTPException, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -25,7 +25,10 @@ UPLOAD_SCHEMA = {"requestBody": {"content": {
                                            "file": {"type": "string", "format": "binary"},
                                            "name": {"type": "string"},
                                            "modality": {"type": "string"},
-                                           "channels": {"type": "integer", "enum": [1, 3]}}}},
+                                           "channels": {
+                                               "type": "integer", "enum": [1, 3],
+                                               "description": "Image channels of a zip; "
+                                               "default 1, detected for images/ + masks/"}}}},
     "application/json": {"schema": DatasetPath.model_json_schema()}}}}
 
 
@@ -33,8 +36,9 @@ UPLOAD_SCHEMA = {"requestBody": {"content": {
              responses={**MEDIA_TYPE, **error((409, "You already have a dataset of that name"))})
 async def create_dataset(request: Request, user: UserDep, zoo: ZooDep,
                          settings: SettingsDep) -> DatasetPublic:
-    """Upload an npz or a zip of images with labels.csv, or register a readable path; an npz
-    with images only, or images without labels.csv, is an unlabelled set (for pretraining)."""
+    """Upload an npz or a zip (images with labels.csv; images/ + masks/; imagesTr/ [+
+    labelsTr/] of NIfTI or DICOM), or register a readable path; images only (no labels, no
+    masks) make an unlabelled set (for pretraining)."""
     ctype = request.headers.get("content-type", "")
     if ctype.startswith("application/json"):
         try:
@@ -56,12 +60,12 @@ async def create_dataset(request: Request, user: UserDep, zoo: ZooDep,
     if not re.match(NAME, name):
         raise InvalidDataset("name", "names use letters, digits, '.', '_' and '-' (max 128)")
     modality = datasets.normalise_modality(str(form.get("modality") or "") or None)
-    channels = str(form.get("channels") or "1")
-    if channels not in ("1", "3"):
+    channels = str(form.get("channels") or "")
+    if channels not in ("", "1", "3"):
         raise InvalidDataset("channels", "channels must be 1 or 3")
     dataset, kind, blob = await run_in_threadpool(
-        datasets.load_upload, upload.filename or "", await upload.read(), name, int(channels),
-        settings.max_upload_bytes)
+        datasets.load_upload, upload.filename or "", await upload.read(), name,
+        int(channels) if channels else None, settings.max_upload_bytes)
     return await run_in_threadpool(datasets.store, zoo, user.name, name, kind, dataset, blob,
                                    None, modality)
 
@@ -79,3 +83,14 @@ async def get_dataset(dataset_id: RowId, user: UserDep, zoo: ZooDep) -> DatasetP
     """Counts per split and class (per split only, `labelled` false, for images without
     labels), image size, channels, dims."""
     return await run_in_threadpool(datasets.owned, zoo, dataset_id, user)
+
+
+@router.get("/{dataset_id}/thumbnails.png", response_class=Response, response_model=None,
+            responses={**NOT_FOUND, 200: {"content": {"image/png": {}},
+                                          "description": "A PNG montage of train images"}})
+async def dataset_thumbnails(dataset_id: RowId, user: UserDep, zoo: ZooDep) -> Response:
+    """A few train images with their masks overlaid (3D: one axial slice through the mask),
+    captioned with case ids; for checking that masks lie on the structures."""
+    path, sha = await run_in_threadpool(datasets.thumbnails, zoo, dataset_id, user)
+    return Response(await run_in_threadpool(path.read_bytes), media_type="image/png",
+                    headers={"etag": f'"{sha}"', "cache-control": "private, max-age=3600"})

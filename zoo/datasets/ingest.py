@@ -19,7 +19,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from .readers import MAX_IMAGE_SIDE, SPLITS, DataError, Dataset, load_folder, load_npz
+from . import layouts
+from .masks import check_segmentation, mask_summary
+from .readers import (
+    CASE_FACTS,
+    MAX_IMAGE_SIDE,
+    SPLITS,
+    DataError,
+    Dataset,
+    load_folder,
+    load_npz,
+)
 
 MAX_ENTRIES = 100_000
 MAX_RATIO = 200
@@ -33,7 +43,9 @@ MAX_UPLOAD_DECODED_BYTES = 256 << 20
 
 def summarise(ds: Dataset) -> dict[str, Any]:
     """Images per split and, for a labelled set, per class (the planner checks label counts
-    against these); an unlabelled set says so and has no class counts."""
+    against these); an unlabelled set says so and has no class counts. A segmentation set
+    adds, per split, the fraction of pixels/voxels of each mask class and the number of
+    empty masks, and its mask classes and spacing."""
     counts: dict[str, dict[str, Any]] = {}
     for s, split in ds.splits.items():
         counts[s] = {"images": len(split)}
@@ -41,24 +53,27 @@ def summarise(ds: Dataset) -> dict[str, Any]:
             values, n = torch.unique(split.labels, return_counts=True)
             counts[s]["per_class"] = {str(int(v)): int(c)
                                       for v, c in zip(values, n, strict=True)}
-    return {"labelled": ds.labelled, "splits": counts, "spatial_dims": ds.spatial_dims,
-            "channels": ds.channels, "image_size": ds.image_size,
-            "num_classes": ds.num_classes, "labels": ds.info.get("labels")}
+        if split.masks is not None:
+            counts[s]["masks"] = mask_summary(split.masks, ds.info["mask_classes"])
+    out = {"task": ds.task, "labelled": ds.labelled or ds.has_masks, "splits": counts,
+           "spatial_dims": ds.spatial_dims, "channels": ds.channels,
+           "image_size": ds.image_size, "num_classes": ds.num_classes,
+           "labels": ds.info.get("labels")}
+    if ds.has_masks:
+        out.update({"mask_classes": ds.info["mask_classes"],
+                    "empty_masks": sum(c["masks"]["empty"] for c in counts.values()),
+                    "spacing": ds.info.get("spacing"),
+                    "spacing_known": bool(ds.info.get("spacing_known"))})
+    out.update({k: ds.info[k] for k in SUMMARISED_INFO if k in ds.info})
+    return out
 
 
-def check(ds: Dataset) -> None:
-    """Rules every accepted dataset meets, beyond what the loaders check."""
-    if min(ds.image_size) < 8 or max(ds.image_size) > MAX_IMAGE_SIDE:
-        raise DataError(f"image size {ds.image_size} outside 8..{MAX_IMAGE_SIDE}")
-    if ds.channels not in (1, 3):
-        raise DataError(f"{ds.channels} channels; 1 (gray) or 3 (RGB) are supported")
-    if not ds.labelled:
-        if any(s.labels is not None for s in ds.splits.values()):
-            raise DataError("some splits have labels and others not; label every split, "
-                            "or none for an unlabelled set")
-        if len(ds.splits["train"]) < 2:
-            raise DataError("an unlabelled set needs at least 2 train images")
-        return
+# Facts a reader records about how it read the data, repeated in the summary so that a
+# user sees them: volumes' orientation, intensity scaling and spacing range, 0/255 masks.
+SUMMARISED_INFO = ("orientation", "intensity", "spacing_range", "mask_values")
+
+
+def _check_labels(ds: Dataset) -> None:
     k = ds.num_classes
     if k < 2:
         raise DataError("need at least two classes")
@@ -69,8 +84,27 @@ def check(ds: Dataset) -> None:
                                                       if len(missing) > 10 else "")
         raise DataError(f"labels must be 0..{k - 1} with every class in train; train lacks "
                         f"classes {shown}")
+
+
+def check(ds: Dataset) -> None:
+    """Rules every accepted dataset meets, beyond what the loaders check."""
+    if min(ds.image_size) < 8 or max(ds.image_size) > MAX_IMAGE_SIDE:
+        raise DataError(f"image size {ds.image_size} outside 8..{MAX_IMAGE_SIDE}")
+    if ds.channels not in (1, 3):
+        raise DataError(f"{ds.channels} channels; 1 (gray) or 3 (RGB) are supported")
+    if any(s.masks is not None for s in ds.splits.values()):
+        check_segmentation(ds)
+    if not ds.labelled and any(s.labels is not None for s in ds.splits.values()):
+        raise DataError("some splits have labels and others not; label every split, "
+                        "or none for an unlabelled set")
+    if not ds.labelled and not ds.has_masks:
+        if len(ds.splits["train"]) < 2:
+            raise DataError("an unlabelled set needs at least 2 train images")
+        return
+    if ds.labelled:
+        _check_labels(ds)
     for s in SPLITS:
-        if len(ds.splits[s]) == 0 and s != "val":
+        if len(ds.splits.get(s, ())) == 0 and s != "val":
             raise DataError(f"the {s} split is empty")
 
 
@@ -113,11 +147,13 @@ def guard_zip(members: list[zipfile.ZipInfo], limit: int) -> None:
             raise DataError(f"archive expands to more than {limit} bytes")
 
 
-def from_zip_bytes(data: bytes, name: str, max_bytes: int, channels: int = 1,
+def from_zip_bytes(data: bytes, name: str, max_bytes: int, channels: int | None = None,
                    max_decoded: int = MAX_UPLOAD_DECODED_BYTES) -> Dataset:
-    """A zip of images with labels.csv (filename,label[,split,group]), or of images only
-    (unlabelled: all go to the train split); `max_bytes` bounds the extracted files,
-    `max_decoded` the decoded images."""
+    """A zip of images with labels.csv (filename,label[,split,group]), of images only
+    (unlabelled: all go to the train split), or of a segmentation layout (`images/` +
+    `masks/`, or `imagesTr/` [+ `labelsTr/`] of NIfTI files or DICOM series; see layouts);
+    `max_bytes` bounds the extracted files, `max_decoded` the decoded images and masks.
+    `channels`: 1 for classification unless given; segmentation layouts detect it."""
     try:
         zf = zipfile.ZipFile(io.BytesIO(data))
     except zipfile.BadZipFile:
@@ -140,11 +176,14 @@ def from_zip_bytes(data: bytes, name: str, max_bytes: int, channels: int = 1,
                     if remaining < 0:  # the header lied about the size
                         raise DataError(f"archive entry '{m.filename}' is larger than declared")
                     dst.write(chunk)
+        layout_root = layouts.find(root)
         csvs = [p for p in root.rglob("labels.csv")]
-        if len(csvs) > 1:
+        if layout_root is not None:
+            ds = load_folder(layout_root, channels=channels, max_bytes=max_decoded)
+        elif len(csvs) > 1:
             raise DataError("the archive contains more than one labels.csv; give one (or "
                             "none for an unlabelled set)")
-        if csvs:
+        elif csvs:
             ds = load_folder(csvs[0].parent, csvs[0], channels=channels,
                              max_bytes=max_decoded)
         else:
@@ -162,14 +201,28 @@ def _no_nan(ds: Dataset) -> None:
 
 def to_npz_bytes(ds: Dataset) -> bytes:
     """The canonical stored form: MedMNIST keys (images only for an unlabelled set),
-    uint8 images; labels as uint8, or uint16 past 256 classes so that none wraps."""
-    arrays = {}
+    uint8 images; labels as uint8, or uint16 past 256 classes so that none wraps. A
+    segmentation set adds `{split}_masks`, `mask_classes` and `spacing`; each split's case
+    ids, original shapes and pad offsets are kept where the reader recorded them, so that
+    load_npz gives back the same dataset."""
+    arrays: dict[str, np.ndarray] = {}
     label_type = np.uint8 if ds.num_classes <= 256 else np.uint16
     for s, split in ds.splits.items():
         images = split.images.numpy()
         arrays[f"{s}_images"] = images[:, 0] if ds.channels == 1 else np.moveaxis(images, 1, -1)
         if split.labels is not None:
             arrays[f"{s}_labels"] = split.labels.numpy().astype(label_type)[:, None]
+        if split.masks is not None:
+            arrays[f"{s}_masks"] = split.masks.numpy()
+        for fact, values in ds.info.get("cases", {}).get(s, {}).items():
+            if fact in CASE_FACTS and len(values) == len(split):
+                arrays[f"{s}_{fact}"] = (np.array(values, dtype=str) if fact == "ids" else
+                                         np.array(values, dtype=np.int64).reshape(
+                                             len(values), ds.spatial_dims))
+    if ds.has_masks:
+        arrays["mask_classes"] = np.array(ds.info["mask_classes"], dtype=str)
+    if ds.info.get("spacing_known"):
+        arrays["spacing"] = np.array(ds.info["spacing"], dtype=np.float64)
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
     return buf.getvalue()

@@ -1,6 +1,8 @@
 """Datasets as tensors held in memory: MedMNIST-style npz files (2D gray, 2D RGB, 3D) and
 folders of images with a labels CSV; either may also be images only (unlabelled, for
-self-supervised pretraining), then every split's `labels` is None.
+self-supervised pretraining), then every split's `labels` is None. An npz with
+`{split}_masks` is a segmentation dataset (with or without class labels); folders of images
+and masks, NIfTI and DICOM are read by `layouts`, which `load_folder` hands them to.
 
 Everything is loaded once into uint8 tensors shaped (N, C, *spatial) so that training is
 bound by compute, not by Python-level per-sample loading.
@@ -17,7 +19,7 @@ import urllib.error
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -26,60 +28,8 @@ import numpy as np
 import torch
 import yaml
 
-SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    pass
-
-
-@dataclass
-class Split:
-    images: torch.Tensor  # uint8, (N, C, *spatial)
-    labels: torch.Tensor | None  # int64, (N,); None in an unlabelled dataset
-    groups: torch.Tensor | None = None  # int64 group/patient ids, (N,)
-    # uint8 class index per pixel/voxel, (N, *spatial), 0 = background; None without masks.
-    masks: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-
-@dataclass
-class Dataset:
-    name: str
-    splits: dict[str, Split]
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def spatial_dims(self) -> int:
-        return self.splits["train"].images.dim() - 2
-
-    @property
-    def channels(self) -> int:
-        return int(self.splits["train"].images.shape[1])
-
-    @property
-    def image_size(self) -> list[int]:
-        return list(self.splits["train"].images.shape[2:])
-
-    @property
-    def labelled(self) -> bool:
-        """Whether every split has labels; an unlabelled set has none in any split (and may
-        lack val and test), which is all self-supervised pretraining needs."""
-        return all(s.labels is not None for s in self.splits.values())
-
-    @property
-    def has_masks(self) -> bool:
-        """Whether every split carries segmentation masks (a segmentation dataset)."""
-        return all(s.masks is not None for s in self.splits.values())
-
-    @property
-    def num_classes(self) -> int:
-        """Classes seen in any split; 0 for an unlabelled dataset."""
-        seen = [int(s.labels.max()) for s in self.splits.values()
-                if s.labels is not None and len(s)]
-        return max(seen) + 1 if seen else 0
+from . import masks as mask_rules
+from .base import SPLITS, DataError, Dataset, Split
 
 
 @cache
@@ -270,27 +220,117 @@ def _mib(n: int) -> str:
     return f"{n / 2**20:,.0f} MiB" if n >= 2**20 else f"{n / 2**10:,.1f} KiB"
 
 
+def _check_keys(headers: dict[str, NpyHeader], labelled: bool, masked: bool,
+                what: str) -> None:
+    """A labelled or masked file has images and labels and/or masks for all three splits;
+    an images-only file needs train_images at least."""
+    expected = ("expected train/val/test images with labels (classification) and/or masks "
+                "(segmentation), or images only (at least train_images, no labels) for an "
+                "unlabelled set")
+    kinds = ("images",) + (("labels",) if labelled else ()) + (("masks",) if masked else ())
+    if labelled or masked:
+        missing = [f"{s}_{k}" for s in SPLITS for k in kinds if f"{s}_{k}" not in headers]
+    else:
+        missing = [] if "train_images" in headers else ["train_images"]
+    if missing:
+        raise DataError(f"{what} lacks {missing}; {expected}")
+
+
+def _guess_dims(headers: dict[str, NpyHeader]) -> int:
+    """Spatial dims from the arrays: a mask has exactly the image's spatial axes; without
+    masks, (N, a, b, c) is a 3D volume unless c is 1 or 3 (channels last)."""
+    if "train_masks" in headers:
+        return max(len(headers["train_masks"].shape) - 1, 1)
+    first = headers["train_images"].shape
+    return 3 if len(first) == 4 and first[-1] not in (1, 3) else (
+        len(first) - 1 if len(first) == 3 else 2)
+
+
+def _check_labels(labels: NpyHeader, images: NpyHeader, s: str) -> int:
+    """Refuse labels that load_npz could not use; returns the bytes loading them costs."""
+    if labels.dtype.kind not in "biuf":
+        raise DataError(f"{s}_labels has dtype {labels.dtype}; labels must be integer "
+                        "class indices (object and string arrays are refused)")
+    if not labels.shape:
+        raise DataError(f"{s}_labels is a single value; expected one label per image")
+    if math.prod(labels.shape[1:]) != 1:
+        raise DataError(f"{s}_labels has shape {labels.shape}; multi-label sets are not "
+                        "supported yet")
+    if labels.shape[0] != images.shape[0]:
+        raise DataError(f"{s}: {images.shape[0]} images but {labels.shape[0]} labels")
+    # Labels are checked and converted to int64 (temporaries included).
+    return labels.nbytes + 16 * labels.shape[0]
+
+
+def _check_masks(masks: NpyHeader, images: NpyHeader, dims: int, s: str) -> int:
+    """A mask per image, of the image's spatial shape, holding integers; returns the bytes
+    loading it costs (the uint8 result, plus the stored array when it is wider)."""
+    spatial = _nchw_shape(images.shape, dims)[2:]
+    if masks.dtype.kind not in "biu":
+        raise DataError(f"{s}_masks has dtype {masks.dtype}; masks must be integer class "
+                        "indices (uint8, 0 = background)")
+    expected = (images.shape[0], *spatial)
+    if masks.shape != expected:
+        raise DataError(f"{s}_masks has shape {masks.shape}; expected one mask per image of "
+                        f"the image's spatial shape, {expected}")
+    out = math.prod(masks.shape)
+    copies = 2 if masks.fortran_order else 1
+    return out + (0 if masks.dtype == np.uint8 and not masks.fortran_order
+                  else masks.nbytes * copies)
+
+
+# Per-image facts an npz may carry next to its images (as the shipped segmentation files
+# do): the source id, and for volumes padded to one size the original shape and offset.
+CASE_FACTS = ("ids", "orig_shape", "pad_offset")
+
+
+def _check_case_facts(headers: dict[str, NpyHeader], s: str, n: int, dims: int) -> int:
+    total = 0
+    for fact in CASE_FACTS:
+        h = headers.get(f"{s}_{fact}")
+        if h is None:
+            continue
+        kinds, shape = ("Uiu", (n,)) if fact == "ids" else ("iu", (n, dims))
+        if h.dtype.kind not in kinds or h.shape != shape or h.dtype.itemsize > 1024:
+            raise DataError(f"{s}_{fact} is {h.shape} {h.dtype}; expected {shape} "
+                            + ("strings or integers" if fact == "ids" else "integers"))
+        total += 2 * h.nbytes + 64 * n  # the array and its list form
+    return total
+
+
+def _check_dataset_facts(headers: dict[str, NpyHeader], dims: int) -> int:
+    """`mask_classes` (names, background first) and `spacing` (mm per spatial axis)."""
+    total = 0
+    names = headers.get("mask_classes")
+    if names is not None:
+        if names.dtype.kind != "U" or len(names.shape) != 1 or not (
+                2 <= names.shape[0] <= mask_rules.MAX_MASK_CLASSES) or names.dtype.itemsize > 400:
+            raise DataError(f"mask_classes is {names.shape} {names.dtype}; expected 2 to "
+                            f"{mask_rules.MAX_MASK_CLASSES} class names (strings of at most "
+                            "100 characters), background first")
+        total += 2 * names.nbytes
+    spacing = headers.get("spacing")
+    if spacing is not None:
+        if spacing.dtype.kind not in "fiu" or spacing.shape != (dims,):
+            raise DataError(f"spacing is {spacing.shape} {spacing.dtype}; expected {dims} "
+                            "numbers (mm per spatial axis)")
+        total += spacing.nbytes
+    return total
+
+
 def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
                      max_bytes: int, what: str) -> int:
     """Refuse, from the declared headers alone, what load_npz would refuse after loading
     (dtypes, shapes, counts) and anything that would decompress to more than `max_bytes`.
 
-    A labelled file has all six `{train,val,test}_{images,labels}` arrays; an unlabelled one
-    has no labels array at all and at least `train_images`. Returns the number of spatial
-    dims."""
+    A labelled file has all six `{train,val,test}_{images,labels}` arrays, a segmentation
+    file all six `{train,val,test}_{images,masks}` (both kinds: all nine); an unlabelled
+    one has neither labels nor masks and at least `train_images`. Returns the number of
+    spatial dims."""
     labelled = any(f"{s}_labels" in headers for s in SPLITS)
-    expected = ("expected train/val/test images and labels, or images only (at least "
-                "train_images, no labels) for an unlabelled set")
-    if labelled:
-        missing = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")
-                   if f"{s}_{k}" not in headers]
-    else:
-        missing = [] if "train_images" in headers else ["train_images"]
-    if missing:
-        raise DataError(f"{what} lacks {missing}; {expected}")
-    first = headers["train_images"].shape
-    dims = spatial_dims or (3 if len(first) == 4 and first[-1] not in (1, 3) else
-                            len(first) - 1 if len(first) == 3 else 2)
+    masked = any(f"{s}_masks" in headers for s in SPLITS)
+    _check_keys(headers, labelled, masked, what)
+    dims = spatial_dims or _guess_dims(headers)
     total = 0
     shapes = set()
     for s in SPLITS:
@@ -301,23 +341,15 @@ def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
             raise DataError(f"{s}_images has dtype {images.dtype}; expected uint8")
         shapes.add(_nchw_shape(images.shape, dims)[1:])
         total += images.nbytes * (2 if images.fortran_order else 1)
-        if not labelled:
-            continue
-        labels = headers[f"{s}_labels"]
-        if labels.dtype.kind not in "biuf":
-            raise DataError(f"{s}_labels has dtype {labels.dtype}; labels must be integer "
-                            "class indices (object and string arrays are refused)")
-        if not labels.shape:
-            raise DataError(f"{s}_labels is a single value; expected one label per image")
-        if math.prod(labels.shape[1:]) != 1:
-            raise DataError(f"{s}_labels has shape {labels.shape}; multi-label sets are not "
-                            "supported yet")
-        if labels.shape[0] != images.shape[0]:
-            raise DataError(f"{s}: {images.shape[0]} images but {labels.shape[0]} labels")
-        # Labels are checked and converted to int64 (temporaries included).
-        total += labels.nbytes + 16 * labels.shape[0]
+        if labelled:
+            total += _check_labels(headers[f"{s}_labels"], images, s)
+        if masked:
+            total += _check_masks(headers[f"{s}_masks"], images, dims, s)
+        total += _check_case_facts(headers, s, images.shape[0], dims)
     if len(shapes) != 1:
         raise DataError(f"splits disagree on image shape: {sorted(shapes)}")
+    total += _check_dataset_facts(headers, dims)
+    first = headers["train_images"].shape
     groups = headers.get("train_groups")
     if groups is not None:
         if groups.dtype.kind not in "iu":
@@ -334,10 +366,69 @@ def check_npz_layout(headers: dict[str, NpyHeader], spatial_dims: int | None,
     return dims
 
 
+def _read_masks(zf: zipfile.ZipFile, h: NpyHeader, key: str) -> np.ndarray:
+    """A masks array as uint8 class indices, streamed a few MiB at a time into one
+    allocation; every chunk's values are checked before the cast, so none wraps around."""
+    out = np.empty(h.shape, np.uint8)
+    try:
+        with zf.open(h.member) as fh:
+            if h.fortran_order:  # rare; numpy's reader, then one copy (budgeted)
+                out[...] = mask_rules.mask_indices(
+                    np.lib.format.read_array(fh, allow_pickle=False), key)
+                return out
+            _read_header(fh)
+            per_sample = math.prod(h.shape[1:]) * h.dtype.itemsize
+            step = max(1, _CHUNK // max(per_sample, 1))
+            for i in range(0, h.shape[0], step):
+                k = min(step, h.shape[0] - i)
+                chunk = np.frombuffer(_read_exact(fh, k * per_sample, key), h.dtype)
+                out[i:i + k] = mask_rules.mask_indices(chunk.reshape(k, *h.shape[1:]), key)
+    except DataError:
+        raise
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"{key}: not a readable .npy array ({str(err)[:200]})") from None
+    return out
+
+
+def _read_case_facts(zf: zipfile.ZipFile, headers: dict[str, NpyHeader]
+                     ) -> dict[str, dict[str, list[Any]]]:
+    """{split: {"ids": [...], "orig_shape": [[...]], "pad_offset": [[...]]}}, as present."""
+    cases: dict[str, dict[str, list[Any]]] = {}
+    for s in SPLITS:
+        for fact in CASE_FACTS:
+            key = f"{s}_{fact}"
+            if key in headers:
+                values = _read_small(zf, headers[key], key)
+                cases.setdefault(s, {})[fact] = ([str(v) for v in values] if fact == "ids"
+                                                 else values.astype(np.int64).tolist())
+    return cases
+
+
+def _read_dataset_facts(zf: zipfile.ZipFile, headers: dict[str, NpyHeader]
+                        ) -> tuple[list[str] | None, list[float] | None]:
+    """The declared mask class names and spacing, when the file carries them."""
+    names = spacing = None
+    if "mask_classes" in headers:
+        raw = _read_small(zf, headers["mask_classes"], "mask_classes")
+        names = mask_rules.parse_class_names([str(v) for v in raw], "mask_classes")
+    if "spacing" in headers:
+        values = _read_small(zf, headers["spacing"], "spacing").astype(np.float64)
+        if not (np.isfinite(values).all() and (values > 0).all()):
+            raise DataError(f"spacing {values.tolist()} must be positive numbers (mm)")
+        spacing = values.tolist()
+    return names, spacing
+
+
+NPZ_KEYS = ([f"{s}_{k}" for s in SPLITS for k in ("images", "labels", "masks", *CASE_FACTS)]
+            + ["train_groups", "mask_classes", "spacing"])
+
+
 def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = None,
              verify_md5: str | None = None, max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
-    """Load `train_images` ... `test_labels`; validate keys, dtypes, shapes, labels. A file
-    without any labels array is an unlabelled dataset of the image splits it has.
+    """Load `train_images` ... `test_labels` and/or `{split}_masks`; validate keys, dtypes,
+    shapes, labels, mask values. A file without labels or masks is an unlabelled dataset of
+    the image splits it has; one with masks is a segmentation dataset whose classes are
+    named by a `mask_classes` array (or datasets.yaml), else numbered.
 
     Every .npy header is read and checked first, and the declared sizes summed against
     `max_bytes`, so a small file that declares huge arrays, or arrays of the wrong kind, is
@@ -350,8 +441,7 @@ def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = Non
     except (zipfile.BadZipFile, OSError) as err:
         raise DataError(f"{path.name}: not a readable npz archive ({err})") from None
     with zf:
-        keys = [f"{s}_{k}" for s in SPLITS for k in ("images", "labels")] + ["train_groups"]
-        headers = npz_headers(zf, keys)
+        headers = npz_headers(zf, NPZ_KEYS)
         dims = check_npz_layout(headers, spatial_dims, max_bytes, path.name)
         splits = {}
         for s in SPLITS:
@@ -362,11 +452,24 @@ def load_npz(path: Path, name: str | None = None, spatial_dims: int | None = Non
             if f"{s}_labels" in headers:
                 raw = _read_small(zf, headers[f"{s}_labels"], f"{s}_labels")
                 labels = torch.from_numpy(class_indices(raw.reshape(len(raw)), f"{s}_labels"))
-            splits[s] = Split(torch.from_numpy(images), labels)
+            masks = (torch.from_numpy(_read_masks(zf, headers[f"{s}_masks"], f"{s}_masks"))
+                     if f"{s}_masks" in headers else None)
+            splits[s] = Split(torch.from_numpy(images), labels, masks=masks)
         if "train_groups" in headers:
             groups = _read_small(zf, headers["train_groups"], "train_groups")
             splits["train"].groups = torch.from_numpy(groups.astype(np.int64))
-    return Dataset(name or path.stem, splits, registry().get(name or path.stem, {}))
+        cases = _read_case_facts(zf, headers)
+        declared, spacing = _read_dataset_facts(zf, headers)
+    info = dict(registry().get(name or path.stem, {}))  # a copy: the catalogue is cached
+    if cases:
+        info["cases"] = cases
+    if spacing:
+        info.update(spacing=spacing, spacing_known=True)
+    ds = Dataset(name or path.stem, splits, info)
+    if any(split.masks is not None for split in splits.values()):
+        mask_rules.finish(ds, declared or info.get("mask_classes"),
+                          spacing or info.get("spacing"))
+    return ds
 
 
 def load_dataset(name: str, data_dir: Path | None = None, download: bool = False) -> Dataset:
@@ -505,17 +608,29 @@ def _decode(path: Path, filename: str, size: tuple[int, int], channels: int) -> 
 
 
 def load_folder(folder: Path, labels_csv: Path | None = None, val_fraction: float = 0.1,
-                test_fraction: float = 0.2, seed: int = 0, channels: int = 1,
+                test_fraction: float = 0.2, seed: int = 0, channels: int | None = None,
                 max_bytes: int = MAX_DECODED_BYTES) -> Dataset:
     """Images (PNG/JPEG) in a folder, labels in a CSV with columns `filename,label` and
     optionally `split` (train/val/test) and `group` (patient id). A folder without a
     labels.csv (and no `labels_csv` given) is an unlabelled set: every image under it goes
-    to the train split.
+    to the train split. A segmentation layout (`images/` + `masks/`, or `imagesTr/` with
+    NIfTI files or DICOM series) is read by `layouts.load`.
 
     Every image's size is read from its header first (PIL opens lazily): one too large, or
     all of them together decoding to more than `max_bytes`, is refused before any pixel is
-    decoded; then images are decoded one at a time into arrays allocated once."""
+    decoded; then images are decoded one at a time into arrays allocated once. `channels`
+    is 1 for classification folders unless given; segmentation layouts detect it."""
     folder = Path(folder)
+    if labels_csv is None:
+        # Imported here, not at the top: the layout readers build on this module.
+        from . import layouts
+
+        layout = layouts.detect(folder)
+        if layout is not None:
+            return layouts.load(folder, layout, channels=channels, max_bytes=max_bytes,
+                                seed=seed, val_fraction=val_fraction,
+                                test_fraction=test_fraction)
+    channels = channels or 1
     if labels_csv is None and not (folder / "labels.csv").exists():
         names = _list_images(folder)
         paths, size = _measure(folder, names, channels, max_bytes)
