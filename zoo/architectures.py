@@ -8,10 +8,11 @@ a repository-sized zoo.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 MAX_VIT_TOKENS = 1024
@@ -81,6 +82,11 @@ class ViTEncoder(nn.Module):
         self.patch_size = patch_size
         self.img_size = list(img_size)
 
+    @property
+    def grid(self) -> list[int]:
+        """Patches per axis: the shape of the position-embedding table."""
+        return [s // self.patch_size for s in self.img_size]
+
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)[0]
 
@@ -119,3 +125,66 @@ def build_encoder(name: str, spatial_dims: int, in_channels: int, input_size: li
         return ARCHITECTURES[name](spatial_dims, in_channels, list(input_size), **(args or {}))
     except TypeError as err:
         raise ArchitectureError(f"bad arguments for {name}: {err}") from None
+
+
+POSITION_KEY = "position_embeddings"
+
+
+def resize_position_embeddings(state: Mapping[str, torch.Tensor], old_grid: Sequence[int],
+                               new_grid: Sequence[int]) -> dict[str, torch.Tensor]:
+    """A copy of a ViT state dict whose `*position_embeddings` tables, (1, prod(grid), D) in
+    row-major patch order, are resized from `old_grid` to `new_grid` patches per axis.
+
+    Why: a ViT declares its input size, and its learnt table has one row per patch. Running
+    it at another size (a 28 px encoder fine-tuned on 128 px images) needs the table on the
+    new grid. Bicubic (2D) or trilinear (3D) with aligned corners keeps the table's corners
+    and, at an integer refinement (7 -> 13 = 2 x 6 + 1), every old row, so shrinking back
+    gives the original table exactly. Other tensors are returned unchanged.
+
+    Raises:
+        ArchitectureError: a table whose length is not the product of `old_grid`.
+    """
+    old, new = [int(g) for g in old_grid], [int(g) for g in new_grid]
+    if len(old) != len(new) or len(old) not in (2, 3):
+        raise ArchitectureError(f"grids {old} and {new} must both be 2D or both 3D")
+    out = dict(state)
+    for key, table in state.items():
+        if not key.endswith(POSITION_KEY) or old == new:
+            continue
+        if table.dim() != 3 or table.shape[1] != math.prod(old):
+            raise ArchitectureError(f"{key} has shape {tuple(table.shape)}; expected "
+                                    f"(1, {math.prod(old)}, D) for a {old} patch grid")
+        dim = table.shape[2]
+        volume = table.float().transpose(1, 2).reshape(1, dim, *old)
+        mode = "bicubic" if len(old) == 2 else "trilinear"
+        resized = F.interpolate(volume, size=new, mode=mode, align_corners=True)
+        out[key] = resized.reshape(1, dim, -1).transpose(1, 2).to(table.dtype).contiguous()
+    return out
+
+
+def encoder_at_size(encoder: nn.Module, input_size: Sequence[int]) -> nn.Module:
+    """The same encoder, with the same weights, able to take `input_size` images.
+
+    CNN encoders take any size and come back as they are; a ViT is rebuilt at the new size
+    with its position embeddings interpolated (`resize_position_embeddings`). The new
+    size must be divisible by the ViT's patch size and within its token limit.
+
+    Raises:
+        ArchitectureError: an encoder that declares a size but is not a `ViTEncoder`, or a
+            size the ViT cannot take.
+    """
+    if getattr(encoder, "size_agnostic", False):
+        return encoder
+    if not isinstance(encoder, ViTEncoder):
+        raise ArchitectureError(f"{type(encoder).__name__} declares its input size and has no "
+                                "rule to change it")
+    if list(input_size) == encoder.img_size:
+        return encoder
+    kwargs = dict(encoder.monai_kwargs)
+    kwargs.pop("classification")
+    resized = ViTEncoder(kwargs.pop("spatial_dims"), kwargs.pop("in_channels"),
+                         img_size=list(input_size), **{k: v for k, v in kwargs.items()
+                                                       if k != "img_size"})
+    state = resize_position_embeddings(encoder.state_dict(), encoder.grid, resized.grid)
+    resized.load_state_dict(state, strict=True)
+    return resized.to(next(encoder.parameters()).device).train(encoder.training)

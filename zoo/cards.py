@@ -76,14 +76,17 @@ class TaskHead(BaseModel):
     """What turns an encoder into a task model: the head it carries and what it predicts.
 
     A task model's weights hold `encoder.*` (the encoder as its card describes it) and
-    `head.*`; its ONNX graph takes images scaled to [0, 1], normalises them itself and
-    returns class probabilities."""
+    the head's; its ONNX graph takes images scaled to [0, 1], normalises them itself and
+    returns class probabilities: one row per image for classification (`head.*`), one map
+    per class at the input's resolution for segmentation (`decoder.*`, `skips.*`,
+    `head.*` of `zoo.segmentation.Segmenter`, whose classes start with the background)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["classification"] = "classification"
+    kind: Literal["classification", "segmentation"] = "classification"
     classes: list[str] = Field(min_length=2, max_length=1000,
-                               description="Class names in output order.")
+                               description="Class names in output order; for segmentation "
+                               "the mask values, background (0) first.")
     threshold: float | None = Field(None, ge=0, le=1, description="Binary tasks: the "
                                     "probability of class 1 above which an image is called "
                                     "positive (chosen on validation).")
@@ -104,6 +107,16 @@ class TaskHead(BaseModel):
                                            "metric.")
     curves_png: str | None = Field(None, description="Where the plotted curves are (job "
                                    "artifact URL).")
+
+    @model_validator(mode="after")
+    def _classification_fields(self) -> TaskHead:
+        # A decision threshold and a confusion matrix are per-image facts; a segmentation
+        # card reports its Dice, HD95 and surface Dice as evaluation rows instead.
+        if self.kind == "segmentation" and (self.threshold is not None
+                                            or self.confusion_matrix is not None):
+            raise ValueError("threshold and confusion_matrix describe classification tasks; "
+                             "a segmentation task reports per-class metrics in evaluation")
+        return self
 
 
 class FileEntry(BaseModel):

@@ -131,7 +131,13 @@ def monai_snippet(card: StoredCard, net: Network) -> str:
               "with torch.no_grad():"]
     lines += [f"    {line}" for line in FEATURES[net.monai_class]]
     lines.append(f"print(features.shape)  # (1, {card.feature_dim})")
-    if card.task is not None:
+    if card.task is not None and card.task.kind == "segmentation":
+        lines += ["", "# The U-Net decoder (tensors `skips.*`, `decoder.*`, `head.*`: MONAI "
+                  "UnetUpBlock and",
+                  "# UnetOutBlock on the encoder's stages) is easiest to run as model.onnx, "
+                  "which holds",
+                  "# the whole segmenter: [0, 1] input, per-class probability maps out."]
+    elif card.task is not None:
         classes = card.task.classes
         lines += ["", f"# The classification head: {len(classes)} classes, softmax.",
                   f"head = torch.nn.Linear({card.feature_dim}, {len(classes)})",
@@ -170,7 +176,9 @@ def front_matter(card: StoredCard) -> dict[str, Any]:
         front["license_name"] = re.sub(r"[^a-z0-9]+", "-", licence).strip("-") or "unknown"
     front.update({
         "library_name": "monai",
-        "pipeline_tag": "image-classification" if card.task else "image-feature-extraction",
+        "pipeline_tag": ({"classification": "image-classification",
+                          "segmentation": "image-segmentation"}[card.task.kind]
+                         if card.task else "image-feature-extraction"),
         "tags": ["medical-imaging", "self-supervised", card.modality, card.pretext.method_id,
                  f"{card.spatial_dims}d"],
         "datasets": [card.pretraining_data.name],
@@ -206,7 +214,10 @@ def render(card: StoredCard) -> str:
         + (" (what the pretraining images are: see Limitations)" if content else ""),
         f"- output: a {card.feature_dim}-d feature vector per "
         f"{'image' if card.spatial_dims == 2 else 'volume'}"
-        + (f", then probabilities over {card.task.classes}" if card.task else ""),
+        + (f", then probabilities over {card.task.classes}" if card.task and
+           card.task.kind == "classification" else "")
+        + (f"; the task model outputs a probability map per class ({card.task.classes}) "
+           f"at the input's size" if card.task and card.task.kind == "segmentation" else ""),
         "",
         "## How to use", "",
     ]
@@ -267,7 +278,10 @@ def intended_use(card: StoredCard, size: str, unit: str, channels: str,
     if content:  # say what the inputs must be like, not just the modality they came from
         kind = (f"{card.spatial_dims}D inputs of {size} {unit} ({channels}) like its "
                 f"pretraining images, which are {content}")
-    if card.task is not None:
+    if card.task is not None and card.task.kind == "segmentation":
+        use = (f"Outlines {', '.join(card.task.classes[1:])} in {kind}, for research on "
+               "that task.")
+    elif card.task is not None:
         use = (f"Classifies {kind} into {', '.join(card.task.classes)}, for research on "
                "that task.")
     else:
@@ -348,12 +362,24 @@ def task_section(card: StoredCard) -> list[str]:
     if task is None:
         return []
     lines = ["## Task", "", f"- classes, in output order: {', '.join(task.classes)}"]
-    if task.threshold is not None:
+    if task.kind == "segmentation":
+        lines.append("- output: the most probable class per pixel (voxel); `/predict` returns "
+                     "it as a PNG (2D) or NIfTI (3D) mask on the input's own grid")
+        if task.labelled_images is not None:
+            lines.append(f"- trained on {task.labelled_images:,} images with masks"
+                         + (" (**few labels**: read every metric below as fragile)"
+                            if task.few_labels else ""))
+        scores = [e for e in card.evaluation if e.split == "test"]
+        if scores:
+            lines += ["", "Test scores (Dice and surface Dice: higher is better; HD95 in mm: "
+                      "lower is better):", "", "| metric | value |", "|---|---|"]
+            lines += [f"| {e.metric} | {e.value:.4f} |" for e in scores]
+    elif task.threshold is not None:
         lines.append(f"- decision: `{task.classes[1]}` when its probability is at least "
                      f"{task.threshold:.4f} ({task.threshold_rule or 'chosen on validation'})")
     else:
         lines.append("- decision: the most probable class")
-    if task.labelled_images is not None:
+    if task.labelled_images is not None and task.kind == "classification":
         lines.append(f"- trained on {task.labelled_images:,} labelled images, at least "
                      f"{task.labelled_per_class_min} per class"
                      + (" (**few labels**: read every metric below as fragile)"

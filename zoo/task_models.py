@@ -35,10 +35,15 @@ class Classifier(nn.Module):
         return torch.softmax(self.logits(x), dim=1)
 
 
-def build_task_model(card: EncoderCard, encoder: nn.Module | None = None) -> Classifier:
-    """The task model a card describes (fresh weights unless an encoder is given)."""
+def build_task_model(card: EncoderCard, encoder: nn.Module | None = None) -> nn.Module:
+    """The task model a card describes (fresh weights unless an encoder is given): a
+    `Classifier`, or a `zoo.segmentation.Segmenter` for a segmentation card."""
     if card.task is None:
         raise ValueError(f"{card.name} is an encoder, not a task model")
+    if card.task.kind == "segmentation":
+        from .segmentation import build_segmenter
+
+        return build_segmenter(card, encoder)
     if encoder is None:
         encoder = build_encoder(card.architecture.name, card.spatial_dims, card.in_channels,
                                 card.input_size, card.architecture.args)
