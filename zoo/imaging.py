@@ -19,6 +19,7 @@ import io
 import math
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -248,25 +249,28 @@ def _nifti(name: str, data: bytes, window: Sequence[float] | None,
 
 
 def _decode(name: str, data: bytes, spatial_dims: int, channels: int,
-            window: Sequence[float] | None, max_values: int) -> tuple[np.ndarray, bool]:
-    """Values in [0, 1] and whether the first axis is channels. Volumes keep their slice
-    axis last (NIfTI after reorientation to RAS+; DICOM frames are moved there)."""
+            window: Sequence[float] | None, max_values: int
+            ) -> tuple[np.ndarray, bool, np.ndarray | None]:
+    """Values in [0, 1], whether the first axis is channels, and a NIfTI file's RAS+
+    affine. Volumes keep their slice axis last (NIfTI after reorientation to RAS+; DICOM
+    frames are moved there)."""
     kind = kind_of(name)
     declared = declared_values(name, data)
     if declared > max_values:
         raise ImageError(name, f"declares {declared:,} values, over the limit of "
                                f"{max_values:,}")
     if kind == "picture":
-        return _picture(name, data, channels), True
+        return _picture(name, data, channels), True, None
     if kind == "npy":
         arr = _npy(name, data, window)
-        return arr, arr.ndim == spatial_dims + 1
+        return arr, arr.ndim == spatial_dims + 1, None
     if kind == "nifti":
-        return _nifti(name, data, window, max_values)[0], False
+        values, affine = _nifti(name, data, window, max_values)
+        return values, False, affine
     arr, colour = _dicom(name, data, window)
     if not colour and arr.ndim == 3:  # multi-frame: (frames, rows, columns)
         arr = np.moveaxis(arr, 0, -1)
-    return arr, colour
+    return arr, colour, None
 
 
 def load(name: str, data: bytes, *, spatial_dims: int, channels: int,
@@ -276,9 +280,41 @@ def load(name: str, data: bytes, *, spatial_dims: int, channels: int,
 
     A 2D model given a volume sees one slice of it: `slice_index` along the slice axis
     (axial for NIfTI), the middle one by default. Other sizes are resized."""
+    arr = load_native(name, data, spatial_dims=spatial_dims, channels=channels,
+                      window=window, max_values=max_values, slice_index=slice_index).array
+    return resize(name, arr, input_size)
+
+
+@dataclass(frozen=True)
+class Native:
+    """A decoded file at its own size: (channels, *spatial) values in [0, 1], and for NIfTI
+    the affine of the RAS+ grid they lie on (what a mask predicted on them should carry)."""
+
+    array: np.ndarray
+    affine: np.ndarray | None = None
+
+
+def resize(name: str, arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """(channels, *spatial) resized to `size`, anti-aliased when shrinking."""
     from monai.transforms import Resize
 
-    arr, channels_first = _decode(name, data, spatial_dims, channels, window, max_values)
+    size = tuple(int(s) for s in size)
+    if tuple(arr.shape[1:]) != size:
+        if min(arr.shape[1:]) < 2:
+            raise ImageError(name, f"is {'x'.join(map(str, arr.shape[1:]))}: too small")
+        shrink = any(a > b for a, b in zip(arr.shape[1:], size, strict=True))
+        mode = "bilinear" if len(size) == 2 else "trilinear"
+        arr = np.asarray(Resize(size, mode=mode, anti_aliasing=shrink, dtype=np.float32)(arr),
+                         dtype=np.float32)
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def load_native(name: str, data: bytes, *, spatial_dims: int, channels: int,
+                window: Sequence[float] | None = None, max_values: int = 64 * 2**20,
+                slice_index: int | None = None) -> Native:
+    """One file as (channels, *its own size) in [0, 1]: `load` before resizing."""
+    arr, channels_first, affine = _decode(name, data, spatial_dims, channels, window,
+                                          max_values)
     if not channels_first:
         if arr.ndim == spatial_dims + 1 and spatial_dims == 2:
             depth = arr.shape[-1]
@@ -301,15 +337,8 @@ def load(name: str, data: bytes, *, spatial_dims: int, channels: int,
         arr = arr.mean(axis=0, keepdims=True)
     if arr.shape[0] != channels:
         raise ImageError(name, f"has {arr.shape[0]} channels; the model takes {channels}")
-    size = tuple(int(s) for s in input_size)
-    if tuple(arr.shape[1:]) != size:
-        if min(arr.shape[1:]) < 2:
-            raise ImageError(name, f"is {'x'.join(map(str, arr.shape[1:]))}: too small")
-        shrink = any(a > b for a, b in zip(arr.shape[1:], size, strict=True))
-        resize = Resize(size, mode="bilinear" if spatial_dims == 2 else "trilinear",
-                        anti_aliasing=shrink, dtype=np.float32)
-        arr = np.asarray(resize(arr), dtype=np.float32)
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    sliced = affine is not None and spatial_dims == 2
+    return Native(np.ascontiguousarray(arr, dtype=np.float32), None if sliced else affine)
 
 
 def normalise(arr: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:

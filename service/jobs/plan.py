@@ -28,11 +28,14 @@ from zoo.registry import Registry
 from zoo.training.augment_names import COLOUR_ONLY
 from zoo.training.augment_names import KNOWN as IMPLEMENTED
 from zoo.training.pretrain_defaults import pretrain_defaults
+from zoo.training.seg_augment_names import REFUSED as SEGMENTATION_REFUSED
+from zoo.training.seg_augment_names import SEGMENTATION as SEGMENTATION_IMPLEMENTED
 
 from ..problems import Invalid
 from ..users import User
 
 JobType = Literal["finetune", "pretrain"]
+FinetuneTask = Literal["classification", "segmentation"]
 
 
 class InvalidJob(Invalid):
@@ -66,8 +69,14 @@ class JobCreate(BaseModel):
         "unlabelled.")
     encoder: str | None = Field(None, description="Zoo encoder to fine-tune (finetune).")
     encoder_revision: str | None = None
+    task: Literal["auto", "classification", "segmentation"] = Field(
+        "auto", description="finetune: segmentation on a dataset with masks (the default "
+        "there), classification on one with image labels.")
     mode: Literal["auto", "linear_probe", "full"] = "auto"
     label_fraction: float = Field(1.0, gt=0, le=1)
+    patch_size: list[int] | None = Field(
+        None, min_length=2, max_length=3, description="Segmentation: train on random crops "
+        "of this size (and predict with sliding windows); default the whole image.")
     epochs: int | Auto = Field("auto", description="1 to 500, or auto.")
     lr: float | Auto = Field("auto", description="1e-7 to 1, or auto.")
     encoder_lr_multiplier: float | Auto = Field(
@@ -101,16 +110,22 @@ class DatasetFacts(BaseModel):
     labelled: bool = True
     # Train images per class index, as measured at registration; empty when unknown.
     train_per_class: dict[int, int] = {}
+    # segmentation (masks), classification (image labels only) or None (images only).
+    task: FinetuneTask | None = "classification"
+    mask_classes: list[str] = Field(default_factory=list, description="Names of the mask "
+                                    "values, background first; empty without masks.")
 
     @classmethod
     def from_row(cls, row: DatasetRow) -> DatasetFacts:
         train = row.summary["splits"]["train"]
+        task = row.summary.get("task", "classification" if row.labelled else None)
         return cls(id=row.id, name=row.name, modality=row.modality,
                    spatial_dims=row.spatial_dims, channels=row.channels,
                    image_size=list(row.image_size), num_classes=row.num_classes,
                    train_images=train["images"], labelled=row.labelled,
                    train_per_class={int(c): int(n)
-                                    for c, n in train.get("per_class", {}).items()})
+                                    for c, n in train.get("per_class", {}).items()},
+                   task=task, mask_classes=list(row.summary.get("mask_classes") or []))
 
     @property
     def slug(self) -> str:
@@ -128,8 +143,12 @@ class FinetunePlan(BaseModel):
     dataset_id: int
     namespace: str = ORG
     private: bool = True
-    mode: Literal["linear_probe", "full"]
+    task: FinetuneTask = "classification"
+    mode: Literal["linear_probe", "full"] = Field(description="Segmentation: linear_probe "
+                                                  "keeps the encoder frozen and trains the "
+                                                  "decoder.")
     label_fraction: float
+    patch_size: list[int] | None = None
     seed: int
     epochs: int
     lr: float
@@ -216,6 +235,7 @@ def plan_job(spec: JobCreate, user: User, registry: Registry,
             raise InvalidJob(given[0], f"{', '.join(given)} only apply to finetune jobs")
         return plan_pretrain(spec, dataset, eval_dataset).model_copy(update=where)
     check_labelled(dataset)  # before the encoder: no encoder makes this dataset usable
+    task = finetune_task(spec, dataset)
     if not spec.encoder:
         raise InvalidJob("encoder", "finetune jobs need an encoder from the zoo")
     revision = registry.revision(spec.encoder, spec.encoder_revision, user)
@@ -223,7 +243,26 @@ def plan_job(spec: JobCreate, user: User, registry: Registry,
         raise InvalidJob("encoder", f"unknown encoder '{spec.encoder}' (revision "
                                  f"{spec.encoder_revision or 'latest'}); ids are owner/name, "
                                  "see GET /v1/encoders")
-    return plan_finetune(spec, dataset, revision, engine).model_copy(update=where)
+    planner = plan_segmentation if task == "segmentation" else plan_finetune
+    return planner(spec, dataset, revision, engine).model_copy(update=where)
+
+
+def finetune_task(spec: JobCreate, dataset: DatasetFacts) -> FinetuneTask:
+    """The task a fine-tune trains: the one asked for, if the dataset has what it needs
+    (masks for segmentation, image labels for classification), else the dataset's own."""
+    has_masks, has_labels = dataset.task == "segmentation", dataset.num_classes > 0
+    if spec.task == "auto":
+        return "segmentation" if has_masks else "classification"
+    if spec.task == "segmentation" and not has_masks:
+        raise InvalidJob("task", f"dataset {dataset.name} has no masks; segmentation needs a "
+                                 "dataset with masks ({split}_masks in an npz, images/ + "
+                                 "masks/, or imagesTr/ + labelsTr/)")
+    if spec.task == "classification" and not has_labels:
+        raise InvalidJob("task", f"dataset {dataset.name} has masks but no image labels; "
+                                 "fine-tune it for segmentation (task auto or segmentation)")
+    if spec.task == "classification" and spec.patch_size is not None:
+        raise InvalidJob("patch_size", "patch_size only applies to segmentation")
+    return spec.task
 
 
 def check_compatible(encoder: str, card: dict[str, Any], dataset: DatasetFacts) -> None:
@@ -330,6 +369,8 @@ def check_labelled(dataset: DatasetFacts) -> None:
 def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
                   engine: Engine) -> FinetunePlan:
     check_labelled(dataset)
+    if spec.patch_size is not None:
+        raise InvalidJob("patch_size", "patch_size only applies to segmentation")
     card = revision.card
     check_compatible(spec.encoder or "", card, dataset)
     counts = (check_label_counts(dataset, spec.label_fraction, spec.seed)
@@ -364,8 +405,113 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
               "settings": used})
 
 
+def masked_images(dataset: DatasetFacts, fraction: float) -> int:
+    """Training images whose masks a segmentation job at `fraction` uses: the count that
+    zoo.training.segment.mask_subset draws; refuses fewer than two (batch statistics and
+    any validation-free learning need more than one), naming the smallest fraction."""
+    n = dataset.train_images
+    take = max(1, round(n * fraction))
+    if take >= MIN_LABELLED_PER_CLASS:
+        return take
+    if n < MIN_LABELLED_PER_CLASS:
+        raise InvalidJob("label_fraction", f"dataset {dataset.name} has {n} training "
+                                           "image(s) with masks; segmentation needs at least "
+                                           f"{MIN_LABELLED_PER_CLASS}")
+    smallest = _round_up((MIN_LABELLED_PER_CLASS - 0.5) / n)
+    while round(n * smallest) < MIN_LABELLED_PER_CLASS:
+        smallest = _round_up(smallest * 1.001)
+    raise InvalidJob("label_fraction", f"label_fraction {fraction:g} leaves {take} of "
+                                       f"{n} training masks; segmentation needs at least "
+                                       f"{MIN_LABELLED_PER_CLASS}: the smallest label_fraction "
+                                       f"that gives that is {min(smallest, 1.0):g}")
+
+
+def check_patch(patch: list[int] | None, dataset: DatasetFacts) -> None:
+    if patch is None:
+        return
+    if len(patch) != dataset.spatial_dims:
+        raise InvalidJob("patch_size", f"patch_size {patch} has {len(patch)} axes; the "
+                                       f"dataset is {dataset.spatial_dims}D")
+    if any(p < 8 or p > s for p, s in zip(patch, dataset.image_size, strict=True)):
+        raise InvalidJob("patch_size", f"patch_size {patch} must lie between 8 and the image "
+                                       f"size {dataset.image_size} on every axis")
+
+
+def segmentation_augmentations(names: list[str], avoid: list[AvoidedAugmentation],
+                               engine: Engine, channels: int, requested: bool
+                               ) -> tuple[list[str], list[str]]:
+    """(kept, dropped with why). Asked-for names are checked as strictly as for
+    classification, against what segmentation applies; defaults that the rules advise
+    against for this dataset, or that need colour it lacks, are dropped and said so."""
+    if requested:
+        refused = [f"{n} ({SEGMENTATION_REFUSED[n]})" for n in names
+                   if n in SEGMENTATION_REFUSED]
+        if refused:
+            raise InvalidJob("augmentations", f"not used for segmentation: {refused}")
+        missing = [n for n in names if n in engine.kb.augmentations
+                   and n not in SEGMENTATION_IMPLEMENTED]
+        if missing:
+            raise InvalidJob("augmentations", f"not implemented for segmentation: {missing}; "
+                                              "implemented: "
+                                              f"{', '.join(sorted(SEGMENTATION_IMPLEMENTED))}")
+        check_augmentations(names, avoid, engine, channels, implemented=SEGMENTATION_IMPLEMENTED)
+        return names, []
+    advised_against = {a.name: a.rule for a in avoid}
+    kept, dropped = [], []
+    for n in names:
+        if n in advised_against:
+            dropped.append(f"{n} (rule {advised_against[n]})")
+        elif n in COLOUR_ONLY and channels != 3:
+            dropped.append(f"{n} (needs RGB images)")
+        else:
+            kept.append(n)
+    return kept, dropped
+
+
+def plan_segmentation(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
+                      engine: Engine) -> FinetunePlan:
+    """A U-Net-style decoder on the encoder, trained on the dataset's masks; defaults from
+    the segmentation entries of rules/tables/finetune.yaml."""
+    card = revision.card
+    check_compatible(spec.encoder or "", card, dataset)
+    check_patch(spec.patch_size, dataset)
+    masked = masked_images(dataset, spec.label_fraction)
+    profile = TaskProfile(task="segmentation", modality=dataset.modality or card["modality"],
+                          labeled=masked, unlabeled=dataset.train_images - masked,
+                          dimensionality=f"{dataset.spatial_dims}d", top_k=1)
+    defaults: FinetuneDefaults = engine.finetune_defaults(profile)
+    advice = engine.recommend(profile)
+    used: dict[str, Any] = {}
+    values = {name: _resolve(getattr(spec, name), getattr(defaults, name), name, used)
+              for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
+                           "augmentations")}
+    if values["mode"] == "linear_probe":
+        given = given_full_only(spec)
+        if given:
+            how = "was chosen for these labels" if spec.mode == "auto" else "was asked for"
+            raise InvalidJob(given[0], f"{', '.join(given)} only apply to mode full; "
+                                       f"linear_probe (frozen encoder) {how}")
+    kept, dropped = segmentation_augmentations(
+        values["augmentations"], advice.augmentations.avoid, engine, dataset.channels,
+        requested=spec.augmentations != "auto")
+    values["augmentations"] = kept
+    if dropped:
+        used["augmentations_dropped"] = dropped
+    return FinetunePlan(
+        encoder=spec.encoder or "", encoder_revision=str(revision.number),
+        encoder_commit=revision.commit, dataset_id=dataset.id, task="segmentation",
+        label_fraction=spec.label_fraction, patch_size=spec.patch_size, seed=spec.seed,
+        device=spec.device, **values, labelled_per_class_min=None,
+        few_labels=masked < FEW_LABELS,
+        auto={"label_regime": defaults.label_regime,
+              "derived_from": defaults.label_regime_source,
+              "advice": advice.label_advice.evaluation,
+              "masked_images": masked, "settings": used})
+
+
 def check_augmentations(names: list[str], avoid: list[AvoidedAugmentation],
-                        engine: Engine, channels: int) -> None:
+                        engine: Engine, channels: int,
+                        implemented: frozenset[str] | set[str] = IMPLEMENTED) -> None:
     """Names from the rules catalog that the training library implements, that fit the
     images' channels, and that the rules do not advise against for this dataset."""
     known = engine.kb.augmentations
@@ -373,10 +519,10 @@ def check_augmentations(names: list[str], avoid: list[AvoidedAugmentation],
     if unknown:
         raise InvalidJob("augmentations", f"unknown augmentation(s) {unknown}; known: "
                                           f"{', '.join(sorted(known))}")
-    missing = [n for n in names if n not in IMPLEMENTED]
+    missing = [n for n in names if n not in implemented]
     if missing:
         raise InvalidJob("augmentations", f"not implemented for training: {missing}; "
-                                          f"implemented: {', '.join(sorted(IMPLEMENTED))}")
+                                          f"implemented: {', '.join(sorted(implemented))}")
     colour = [n for n in names if n in COLOUR_ONLY and channels != 3]
     if colour:
         raise InvalidJob("augmentations", f"{colour} need RGB images; the dataset has "

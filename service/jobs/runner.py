@@ -109,28 +109,40 @@ def complete(job_id: int, lease: int, result: Callable[[StoredCard], dict[str, A
     return within
 
 
-def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
-                 log: Log) -> None:
-    import torch
-    from safetensors.torch import load_file, save
-
+def parent_encoder(registry: Any, plan: FinetunePlan, job: JobRow, store: BlobStore
+                   ) -> tuple[StoredCard, Any, str]:
+    """The card, encoder module and weights sha256 of the revision a fine-tune starts from
+    (the exact commit resolved at submission); a task model gives its encoder."""
     from zoo.loader import build_from_card
-    from zoo.registry import WEIGHTS, Registry, prepare
-    from zoo.training.finetune import FinetuneSettings, finetune_classifier
+    from zoo.registry import WEIGHTS
 
-    plan = FinetunePlan.model_validate(job.params)
-    registry = Registry(sessions, store)
-    dataset_row, dataset, device = start_run(job, lease, sessions, store, plan.dataset_id,
-                                             plan.device)
     revision = registry.revision(plan.encoder, plan.encoder_commit or plan.encoder_revision,
                                  job_reader(job))
     if revision is None:
         raise LookupError(f"encoder {plan.encoder} revision {plan.encoder_revision} is gone")
     weights = next(f for f in revision.files if f.filename == WEIGHTS)
-    parent_model = build_from_card(revision.card, store.path(weights.sha256))
+    model = build_from_card(revision.card, store.path(weights.sha256))
     parent = StoredCard.model_validate(revision.card)
-    encoder = parent_model.encoder if parent.task else parent_model  # a task model's encoder
+    return parent, (model.encoder if parent.task else model), weights.sha256
 
+
+def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
+                 log: Log) -> None:
+    import torch
+    from safetensors.torch import load_file, save
+
+    from zoo.registry import Registry, prepare
+    from zoo.training.finetune import FinetuneSettings, finetune_classifier
+
+    plan = FinetunePlan.model_validate(job.params)
+    if plan.task == "segmentation":
+        from .run_segment import run_segmentation
+
+        return run_segmentation(job, lease, sessions, store, log)
+    registry = Registry(sessions, store)
+    dataset_row, dataset, device = start_run(job, lease, sessions, store, plan.dataset_id,
+                                             plan.device)
+    parent, encoder, weights_sha = parent_encoder(registry, plan, job, store)
     report = report_to(sessions, job.id, lease)
     settings = FinetuneSettings(
         mode=plan.mode, label_fraction=plan.label_fraction, seed=plan.seed,
@@ -149,7 +161,7 @@ def run_finetune(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
                            class_names(dataset, dataset_row), curves, dataset.image_size)
     state = {f"encoder.{k}": v for k, v in outcome.model.encoder.state_dict().items()}
     if plan.mode == "linear_probe":  # the encoder is the parent's, stored as the parent was
-        stored_as = {k: v.dtype for k, v in load_file(str(store.path(weights.sha256))).items()}
+        stored_as = {k: v.dtype for k, v in load_file(str(store.path(weights_sha))).items()}
         # A task-model parent names its encoder tensors as we do; an encoder, without prefix.
         state = {k: v.to(stored_as.get(k if parent.task else k.removeprefix("encoder."),
                                        v.dtype)) for k, v in state.items()}

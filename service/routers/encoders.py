@@ -3,6 +3,7 @@ from __future__ import annotations
 import difflib
 import json
 import math
+import re
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -332,12 +333,11 @@ SliceIndex = Annotated[int | None, Form(ge=0, le=100_000, description="For a 2D 
                                         "a volume: the slice to use (default: the middle).")]
 
 
-async def run_model(zoo: ZooState, repo: str, revision: str | None, reader: Reader,
-                    settings: Settings, images: list[UploadFile], task_model: bool,
-                    slice_index: int | None = None
-                    ) -> tuple[RevisionRow, StoredCard, list[str], np.ndarray]:
-    """Resolve the repository, check its kind and the request's size, decode off the event
-    loop and run the ONNX graph: (revision, card, image names, outputs)."""
+async def checked_request(zoo: ZooState, repo: str, revision: str | None, reader: Reader,
+                          settings: Settings, images: list[UploadFile], task_model: bool
+                          ) -> tuple[RevisionRow, FileRow, StoredCard, list[tuple[str, bytes]]]:
+    """Resolve the repository, check its kind and the request's size before any pixel is
+    decoded: (revision, its ONNX file, card, (name, bytes) per image)."""
     if len(images) > MAX_IMAGES:
         raise HTTPException(422, f"at most {MAX_IMAGES} images per request, got {len(images)}")
     rev, entry = resolve_file(zoo, repo, revision, ONNX, reader)
@@ -368,8 +368,20 @@ async def run_model(zoo: ZooState, repo: str, revision: str | None, reader: Read
                  if problem is not None or values > budget]
     if oversized:
         raise HTTPException(422, detail=oversized)
+    return rev, entry, card, files
+
+
+async def run_model(zoo: ZooState, repo: str, revision: str | None, reader: Reader,
+                    settings: Settings, images: list[UploadFile], task_model: bool,
+                    slice_index: int | None = None
+                    ) -> tuple[RevisionRow, StoredCard, list[str], np.ndarray]:
+    """Check the request, decode off the event loop and run the ONNX graph: (revision,
+    card, image names, outputs)."""
+    rev, entry, card, files = await checked_request(zoo, repo, revision, reader, settings,
+                                                    images, task_model)
     # Decoding is CPU work: off the event loop, so other requests keep being served.
-    arrays, problems = await run_in_threadpool(decode_all, files, card, budget, slice_index)
+    arrays, problems = await run_in_threadpool(decode_all, files, card,
+                                               settings.max_embed_values, slice_index)
     if problems:
         raise HTTPException(422, detail=problems)
     session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
@@ -418,8 +430,17 @@ class PredictResponse(BaseModel):
     count: int
 
 
+MASK_TYPES = {"image/png": {"schema": {"type": "string", "format": "binary"}},
+              "application/gzip": {"schema": {"type": "string", "format": "binary"}}}
+
+
 @router.post("/{owner}/{name}/predict", response_model=PredictResponse,
              responses={**NOT_VISIBLE, **BAD_TOKEN, 413: {"description": "Request too large"},
+                        200: {"description": "Classification: JSON. Segmentation: the mask "
+                              "of the one image sent, PNG (2D) or gzipped NIfTI (3D, with "
+                              "the input's RAS+ affine), values = class indices; class names "
+                              "and fractions in the X-Mask-Classes and X-Mask-Fractions "
+                              "headers (JSON).", "content": MASK_TYPES},
                         422: {"description": "Bad images, too many values, or an encoder"}})
 async def predict_images(
     owner: Owner,
@@ -430,11 +451,21 @@ async def predict_images(
     images: Images,
     revision: Annotated[str | None, Form()] = None,
     slice_index: SliceIndex = None,
-) -> PredictResponse:
-    """Class probabilities and the decision per image, from a task model (onnxruntime)."""
+) -> PredictResponse | Response:
+    """Class probabilities and the decision per image from a classification model, or
+    the mask of one image from a segmentation model (onnxruntime)."""
     repo = repo_id(owner, name)
-    rev, card, names, probs = await run_model(zoo, repo, revision, reader, settings, images,
-                                              task_model=True, slice_index=slice_index)
+    rev, entry, card, files = await checked_request(zoo, repo, revision, reader, settings,
+                                                    images, task_model=True)
+    if card.task is not None and card.task.kind == "segmentation":
+        return await segmentation_response(zoo, entry, card, files, settings, slice_index)
+    arrays, problems = await run_in_threadpool(decode_all, files, card,
+                                               settings.max_embed_values, slice_index)
+    if problems:
+        raise HTTPException(422, detail=problems)
+    session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
+    probs = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
+    names = [image for image, _ in files]
     task = card.task
     assert task is not None  # run_model refused encoders
     picks = (probs[:, 1] >= task.threshold).astype(int) if (
@@ -446,3 +477,31 @@ async def predict_images(
                               top_class=task.classes[int(k)], top_index=int(k))
               for n, p, k in zip(names, probs, picks, strict=True)],
         count=len(names))
+
+
+async def segmentation_response(zoo: ZooState, entry: FileRow, card: StoredCard,
+                                files: list[tuple[str, bytes]], settings: Settings,
+                                slice_index: int | None) -> Response:
+    """One image in, its mask out, as a file a viewer opens next to the image."""
+    from zoo.segment_predict import encode_mask, predict_mask
+
+    if len(files) != 1:
+        raise HTTPException(422, f"a segmentation model takes one image per request (its "
+                                 f"mask is the answer); got {len(files)}")
+    (filename, data), = files
+    session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
+    try:
+        mask = await run_in_threadpool(predict_mask, session, filename, data, card,
+                                       settings.max_embed_values, slice_index)
+    except ImageError as err:
+        raise HTTPException(422, detail=[{"loc": ["body", "images", 0], "image": err.image,
+                                          "msg": err.problem, "type": "bad_image"}]) from None
+    body, media_type, suffix = encode_mask(mask)
+    # Only safe characters in a header: names may hold quotes or non-Latin-1 letters.
+    stem = re.sub(r"[^A-Za-z0-9_-]", "_", filename.rsplit("/", 1)[-1].split(".", 1)[0])
+    stem = stem[:64] or "image"
+    classes = card.task.classes if card.task else []
+    return Response(body, media_type=media_type, headers={
+        "Content-Disposition": f'attachment; filename="{stem}.mask{suffix}"',
+        "X-Mask-Classes": json.dumps(classes),
+        "X-Mask-Fractions": json.dumps(mask.fractions(len(classes)))})
