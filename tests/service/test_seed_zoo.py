@@ -26,13 +26,23 @@ def test_seed_files_fit_the_repository_budget() -> None:
 def test_every_seed_card_reports_its_random_init_baseline() -> None:
     if not SEEDS:
         pytest.skip("no seed encoders built yet")
-    recipes = {r.name for _, r in load_recipes()}
+    recipes = {r.name: r for _, r in load_recipes()}
     for folder in SEEDS:
         card = json.loads((folder / "card.json").read_text())
         assert card["name"] in recipes
-        protocols = {(e["protocol"], e["label_fraction"]) for e in card["evaluation"]}
-        assert ("linear_probe", 0.1) in protocols
-        assert ("random_init_linear_probe", 0.1) in protocols
+        protocols = {(e["protocol"], e["label_fraction"], e["metric"])
+                     for e in card["evaluation"]}
+        if recipes[card["name"]].profile["task"] == "segmentation":
+            # Segmentation encoders: a U-Net from them against one from random weights,
+            # test Dice over three training seeds at 10 % and 100 % of the masks.
+            for fraction in (0.1, 1.0):
+                assert ("fine_tune", fraction, "DICE") in protocols
+                assert ("random_init_fine_tune", fraction, "DICE") in protocols
+            assert all(len(e["seeds"]) >= 3 and e["spread"] is not None
+                       for e in card["evaluation"])
+            continue
+        assert ("linear_probe", 0.1, "AUC") in protocols
+        assert ("random_init_linear_probe", 0.1, "AUC") in protocols
 
 
 def test_fresh_server_registers_the_seed_zoo(tmp_path: Path) -> None:
