@@ -64,4 +64,6 @@ def encode_mask(mask: Mask) -> tuple[bytes, str, str]:
     image = nib.Nifti1Image(mask.labels, mask.affine if mask.affine is not None
                             else np.eye(4))
     image.header.set_data_dtype(np.uint8)
-    return gzip.compress(image.to_bytes(), compresslevel=6), "application/gzip", ".nii.gz"
+    # mtime 0: the same mask gives the same bytes (and ETag-friendly answers).
+    return (gzip.compress(image.to_bytes(), compresslevel=6, mtime=0), "application/gzip",
+            ".nii.gz")

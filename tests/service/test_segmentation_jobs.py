@@ -9,6 +9,9 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -150,6 +153,18 @@ def test_nifti_volumes_to_a_3d_mask_with_the_inputs_affine(url: str, tmp_path: P
     assert labels.dtype == np.uint8 and set(np.unique(labels)) <= {0, 1, 2}
     fractions = json.loads(r.headers["x-mask-fractions"])
     assert len(fractions) == 3 and abs(sum(fractions) - 1) < 1e-3
+
+    # The CLI writes the same mask next to where it is asked, and says the class shares.
+    (tmp_path / "case.nii.gz").write_bytes(buf.getvalue())
+    env = {**os.environ, "TASKALIGN_URL": url, "TASKALIGN_TOKEN": ALICE}
+    out = subprocess.run([sys.executable, "-m", "service.cli", "predict", model,
+                          str(tmp_path / "case.nii.gz"), "--out", str(tmp_path / "masks"),
+                          "--json"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)["data"]
+    assert Path(row["mask"]) == tmp_path / "masks" / "case.mask.nii.gz"
+    assert Path(row["mask"]).read_bytes() == r.content
+    assert list(row["fractions"]) == ["background", "Anterior", "Posterior"]
 
     # Two files, or an encoder's route, are refused with what to do instead.
     two = [("images", ("a.nii.gz", buf.getvalue(), "application/gzip"))] * 2
