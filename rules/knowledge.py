@@ -249,6 +249,7 @@ RULE_FILES = [
     "transfer.yaml",
     "multimodal_hybrid.yaml",
     "signal_organization.yaml",
+    "measured.yaml",  # TaskAlign's own measurements: notes only
 ]
 
 

@@ -36,7 +36,8 @@ def main() -> None:
     print()
     print("| encoder | LP 10 % - random-init LP 10 % (AUC) | train minutes | final loss |")
     print("|---|---|---|---|")
-    for c in cards:
+    classifiers = [c for c in cards if any(e["metric"] == "AUC" for e in c["evaluation"])]
+    for c in classifiers:
         ev = {(e["protocol"], e["label_fraction"]): e["value"] for e in c["evaluation"]
               if e["metric"] == "AUC"}
         gain = ev.get(("linear_probe", 0.1), float("nan")) - ev.get(
@@ -46,5 +47,28 @@ def main() -> None:
               f"{train.get('final_loss', float('nan')):.3f} |")
 
 
+def segmentation() -> None:
+    """Segmentation encoders: U-Net test Dice (and HD95, surface Dice) from SSL vs random
+    weights, over training seeds."""
+    cards = [json.loads(p.read_text()) for p in sorted(SEED.glob("*/card.json"))]
+    print()
+    print("| encoder | dataset | init | masks | Dice | HD95 (mm) | surface Dice |")
+    print("|---|---|---|---|---|---|---|")
+    for c in cards:
+        rows = {(e["protocol"], e["label_fraction"], e["metric"]): e
+                for e in c["evaluation"] if e["metric"] == "DICE" or
+                e["metric"] in ("HD95_MM", "SURFACE_DICE")}
+        for fraction in (0.1, 1.0):
+            for protocol, init in (("fine_tune", c["pretext"]["method_id"]),
+                                   ("random_init_fine_tune", "random")):
+                if (protocol, fraction, "DICE") not in rows:
+                    continue
+                cells = [fmt(rows.get((protocol, fraction, m)))
+                         for m in ("DICE", "HD95_MM", "SURFACE_DICE")]
+                print(f"| {c['name']} | {c['pretraining_data']['name']} | {init} | "
+                      f"{fraction:.0%} | {' | '.join(cells)} |")
+
+
 if __name__ == "__main__":
     main()
+    segmentation()
