@@ -50,7 +50,7 @@ def predict(
         if (card.get("task") or {}).get("kind") == "segmentation":  # a mask per file
             masks = [client.request("POST", f"/v1/encoders/{model}/predict", files=[part],
                                     data=form) for part in parts]
-            save_masks(masks, files, out, as_json)
+            save_masks(masks, files, out, as_json, card["task"].get("classes") or [])
             return
         body = client.post(f"/v1/encoders/{model}/predict", files=parts, data=form)
     if as_json:
@@ -71,7 +71,7 @@ def predict(
 
 
 def save_masks(answers: list[httpx.Response], files: list[Path], out: Path,
-               as_json: bool) -> None:
+               as_json: bool, card_classes: list[str]) -> None:
     """Write each mask (temp file, then rename) and say where, with class shares."""
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -82,7 +82,8 @@ def save_masks(answers: list[httpx.Response], files: list[Path], out: Path,
         tmp = target.with_name(f".{target.name}.tmp")
         tmp.write_bytes(answer.content)
         tmp.replace(target)
-        classes = json.loads(answer.headers.get("x-mask-classes", "[]"))
+        # The server leaves very long name lists out of its headers: the card has them.
+        classes = json.loads(answer.headers.get("x-mask-classes") or "null") or card_classes
         fractions = json.loads(answer.headers.get("x-mask-fractions", "[]"))
         rows.append({"image": source.name, "mask": str(target),
                      "fractions": dict(zip(classes, fractions, strict=False))})

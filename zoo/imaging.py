@@ -158,7 +158,11 @@ def _picture(name: str, data: bytes, channels: int) -> np.ndarray:
             if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit gray
                 arr = np.asarray(img, dtype=np.float32) / 65535.0
                 return arr[None]
-            arr = np.asarray(img.convert("L" if channels == 1 else "RGB"), np.float32) / 255.0
+            # Gray stays one band here, even for a colour model: it is widened after
+            # resizing (with_channels), not at its full size.
+            gray = channels == 1 or img.mode in ("1", "L", "LA")
+            arr = np.asarray(img.convert("L" if gray else "RGB"), np.float32)
+            arr /= 255.0
     except Image.DecompressionBombError:
         raise ImageError(name, "declares an image far too large") from None
     except (UnidentifiedImageError, OSError):
@@ -236,8 +240,11 @@ def _nifti(name: str, data: bytes, window: Sequence[float] | None,
             continue
     if image is None:
         raise ImageError(name, "not a readable NIfTI file")
-    image = nib.as_closest_canonical(image)  # one orientation for every file: RAS+
-    values = np.asarray(image.dataobj, dtype=np.float32)
+    try:
+        image = nib.as_closest_canonical(image)  # one orientation for every file: RAS+
+        values = np.asarray(image.dataobj, dtype=np.float32)
+    except (OSError, ValueError, EOFError) as err:  # e.g. less voxel data than declared
+        raise ImageError(name, f"unreadable NIfTI data: {err}"[:200]) from None
     while values.ndim > 3 and values.shape[-1] == 1:
         values = values[..., 0]
     if values.ndim > 3:
@@ -282,13 +289,15 @@ def load(name: str, data: bytes, *, spatial_dims: int, channels: int,
     (axial for NIfTI), the middle one by default. Other sizes are resized."""
     arr = load_native(name, data, spatial_dims=spatial_dims, channels=channels,
                       window=window, max_values=max_values, slice_index=slice_index).array
-    return resize(name, arr, input_size)
+    return with_channels(resize(name, arr, input_size), channels)
 
 
 @dataclass(frozen=True)
 class Native:
-    """A decoded file at its own size: (channels, *spatial) values in [0, 1], and for NIfTI
-    the affine of the RAS+ grid they lie on (what a mask predicted on them should carry)."""
+    """A decoded file at its own size: (1 or the model's channels, *spatial) values in
+    [0, 1] (gray is widened to colour only after resizing, by `with_channels`, so a large
+    image is never held three times), and for NIfTI the affine of the RAS+ grid they lie
+    on (what a mask predicted on them should carry)."""
 
     array: np.ndarray
     affine: np.ndarray | None = None
@@ -302,11 +311,35 @@ def resize(name: str, arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
     if tuple(arr.shape[1:]) != size:
         if min(arr.shape[1:]) < 2:
             raise ImageError(name, f"is {'x'.join(map(str, arr.shape[1:]))}: too small")
+        arr = block_mean(arr, size)
         shrink = any(a > b for a, b in zip(arr.shape[1:], size, strict=True))
         mode = "bilinear" if len(size) == 2 else "trilinear"
         arr = np.asarray(Resize(size, mode=mode, anti_aliasing=shrink, dtype=np.float32)(arr),
                          dtype=np.float32)
     return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def block_mean(arr: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Shrink by whole factors first, averaging blocks, until each axis is at most twice
+    its target: the anti-aliased resize that follows then works on a small array (its
+    Gaussian filter on an 8192-px image took gigabytes and minutes)."""
+    factors = [max(1, a // (2 * b)) for a, b in zip(arr.shape[1:], size, strict=True)]
+    if all(f == 1 for f in factors):
+        return arr
+    cut = tuple(slice(0, (a // f) * f) for a, f in zip(arr.shape[1:], factors, strict=True))
+    arr = arr[(slice(None), *cut)]
+    shape = [arr.shape[0]]
+    for a, f in zip(arr.shape[1:], factors, strict=True):
+        shape += [a // f, f]
+    return arr.reshape(shape).mean(axis=tuple(range(2, 2 * len(factors) + 1, 2)),
+                                   dtype=np.float32)
+
+
+def with_channels(arr: np.ndarray, channels: int) -> np.ndarray:
+    """Gray widened to the model's colour channels (after resizing: cheap there)."""
+    if arr.shape[0] == 1 and channels > 1:
+        return np.ascontiguousarray(np.repeat(arr, channels, axis=0))
+    return arr
 
 
 def load_native(name: str, data: bytes, *, spatial_dims: int, channels: int,
@@ -331,11 +364,9 @@ def load_native(name: str, data: bytes, *, spatial_dims: int, channels: int,
         raise ImageError(name, f"has shape {arr.shape}; a {spatial_dims}D model with "
                                f"{channels} channel(s) takes ({channels}, "
                                f"{', '.join(['size'] * spatial_dims)}) arrays")
-    if arr.shape[0] == 1 and channels > 1:
-        arr = np.repeat(arr, channels, axis=0)
-    elif arr.shape[0] == 3 and channels == 1:
+    if arr.shape[0] == 3 and channels == 1:
         arr = arr.mean(axis=0, keepdims=True)
-    if arr.shape[0] != channels:
+    if arr.shape[0] not in (1, channels):
         raise ImageError(name, f"has {arr.shape[0]} channels; the model takes {channels}")
     sliced = affine is not None and spatial_dims == 2
     return Native(np.ascontiguousarray(arr, dtype=np.float32), None if sliced else affine)

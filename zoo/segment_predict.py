@@ -17,7 +17,11 @@ from typing import Any
 import numpy as np
 
 from .cards import StoredCard
-from .imaging import load_native, resize
+from .imaging import load_native, resize, with_channels
+
+# Class maps resized back to the input's size when they hold at most this many values
+# (smoother edges); larger outputs take the labels' nearest neighbour instead.
+SMOOTH_VALUES = 16 * 2**20
 
 
 @dataclass(frozen=True)
@@ -37,17 +41,18 @@ def predict_mask(session: Any, name: str, data: bytes, card: StoredCard, max_val
     native = load_native(name, data, spatial_dims=card.spatial_dims,
                          channels=card.in_channels, window=card.normalization.window,
                          max_values=max_values, slice_index=slice_index)
-    x = resize(name, native.array, card.input_size)[None]
+    x = with_channels(resize(name, native.array, card.input_size), card.in_channels)[None]
     probs = session.run(None, {session.get_inputs()[0].name: x})[0][0]  # (K, *input_size)
-    shape = native.array.shape[1:]
-    if tuple(probs.shape[1:]) != tuple(shape):
-        if probs.shape[0] * math.prod(shape) <= max_values:  # smooth edges where it fits
-            probs = resize(name, probs, shape)
-        else:  # else the labels themselves, nearest neighbour
-            idx = [np.minimum((np.arange(n) * p / n).astype(int), p - 1)
-                   for n, p in zip(shape, probs.shape[1:], strict=True)]
-            probs = probs[(slice(None), *np.ix_(*idx))]
-    labels = probs.argmax(axis=0).astype(np.uint8)
+    shape = tuple(native.array.shape[1:])
+    if tuple(probs.shape[1:]) == shape:
+        labels = probs.argmax(axis=0).astype(np.uint8)
+    elif probs.shape[0] * math.prod(shape) <= SMOOTH_VALUES:  # smooth edges where it is cheap
+        labels = resize(name, probs, shape).argmax(axis=0).astype(np.uint8)
+    else:  # else the labels themselves, nearest neighbour: never K maps at full size
+        small = probs.argmax(axis=0).astype(np.uint8)
+        idx = [np.minimum((np.arange(n) * p // n), p - 1)
+               for n, p in zip(shape, small.shape, strict=True)]
+        labels = small[np.ix_(*idx)]
     return Mask(labels, native.affine if card.spatial_dims == 3 else None)
 
 

@@ -432,6 +432,13 @@ class PredictResponse(BaseModel):
 
 MASK_TYPES = {"image/png": {"schema": {"type": "string", "format": "binary"}},
               "application/gzip": {"schema": {"type": "string", "format": "binary"}}}
+MAX_HEADER_NAMES = 4096  # characters of JSON class names sent in X-Mask-Classes
+MASK_HEADERS = {
+    "X-Mask-Classes": {"description": "Segmentation: the class names of the mask values "
+                       "as a JSON list (left out when longer than 4096 characters: see the "
+                       "model card)", "schema": {"type": "string"}},
+    "X-Mask-Fractions": {"description": "Segmentation: each class's share of the mask, "
+                         "JSON list", "schema": {"type": "string"}}}
 
 
 @router.post("/{owner}/{name}/predict", response_model=PredictResponse,
@@ -440,7 +447,8 @@ MASK_TYPES = {"image/png": {"schema": {"type": "string", "format": "binary"}},
                               "of the one image sent, PNG (2D) or gzipped NIfTI (3D, with "
                               "the input's RAS+ affine), values = class indices; class names "
                               "and fractions in the X-Mask-Classes and X-Mask-Fractions "
-                              "headers (JSON).", "content": MASK_TYPES},
+                              "headers (JSON).", "content": MASK_TYPES,
+                              "headers": MASK_HEADERS},
                         422: {"description": "Bad images, too many values, or an encoder"}})
 async def predict_images(
     owner: Owner,
@@ -501,7 +509,9 @@ async def segmentation_response(zoo: ZooState, entry: FileRow, card: StoredCard,
     stem = re.sub(r"[^A-Za-z0-9_-]", "_", filename.rsplit("/", 1)[-1].split(".", 1)[0])
     stem = stem[:64] or "image"
     classes = card.task.classes if card.task else []
-    return Response(body, media_type=media_type, headers={
-        "Content-Disposition": f'attachment; filename="{stem}.mask{suffix}"',
-        "X-Mask-Classes": json.dumps(classes),
-        "X-Mask-Fractions": json.dumps(mask.fractions(len(classes)))})
+    headers = {"Content-Disposition": f'attachment; filename="{stem}.mask{suffix}"',
+               "X-Mask-Fractions": json.dumps(mask.fractions(len(classes)))}
+    names = json.dumps(classes)  # ASCII: non-Latin-1 names are escaped
+    if len(names) <= MAX_HEADER_NAMES:  # else clients refuse the answer; the card has them
+        headers["X-Mask-Classes"] = names
+    return Response(body, media_type=media_type, headers=headers)

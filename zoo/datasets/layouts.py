@@ -157,7 +157,7 @@ def _split_row(row: dict[str, Any], line: int, where: str, seen: dict[str, Any]
     if split and split not in SPLITS:
         raise DataError(f"{where} line {line}: split '{split[:100]}' is not one of "
                         f"{', '.join(SPLITS)}")
-    if group and not (group.lstrip("-").isdigit() and len(group) <= 18):
+    if group and not (group.isascii() and group.lstrip("-").isdigit() and len(group) <= 18):
         raise DataError(f"{where} line {line}: group '{group[:100]}' is not an integer "
                         "patient id")
     key = case_key(filename.split("/", 1)[1] if filename.startswith(

@@ -9,6 +9,7 @@ upload time rather than as a poor Dice after training.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,6 +45,9 @@ def mask_indices(values: np.ndarray, what: str) -> np.ndarray:
     return values.astype(np.uint8, copy=False)
 
 
+MAX_NAMES_CHARS = 4096
+
+
 def parse_class_names(raw: Any, where: str) -> list[str]:
     """Class names as declared: a list in index order, or a mapping either way round, MSD
     style {"0": "background", "1": "polyp"} or nnU-Net v2 style {"background": 0,
@@ -53,7 +57,7 @@ def parse_class_names(raw: Any, where: str) -> list[str]:
     elif isinstance(raw, Mapping):
         if all(isinstance(v, int) and not isinstance(v, bool) for v in raw.values()):
             pairs = [(v, k) for k, v in raw.items()]
-        elif all(str(k).isdigit() for k in raw):
+        elif all(str(k).isascii() and str(k).isdigit() for k in raw):  # not "²" or "١"
             pairs = [(int(k), v) for k, v in raw.items()]
         else:
             raise DataError(f"{where}: labels must map class indices to names ({{\"0\": "
@@ -73,7 +77,18 @@ def parse_class_names(raw: Any, where: str) -> list[str]:
         names[int(index)] = name.strip()
     if 0 not in names:
         raise DataError(f"{where}: class 0 (background) is not declared")
-    return [names.get(i, f"class {i}") for i in range(max(names) + 1)]
+    out = [names.get(i, f"class {i}") for i in range(max(names) + 1)]
+    twice = sorted({n for n in out if out.count(n) > 1})
+    if twice:
+        raise DataError(f"{where}: class names must differ; {twice[:5]} name more than one "
+                        "class")
+    # Names travel with every mask /predict returns (a response header), so their total
+    # is bounded: at most MAX_NAMES_CHARS characters as ASCII-escaped JSON.
+    size = len(json.dumps(out))
+    if size > MAX_NAMES_CHARS:
+        raise DataError(f"{where}: the class names take {size:,} characters as JSON; at most "
+                        f"{MAX_NAMES_CHARS:,} (use shorter names)")
+    return out
 
 
 def value_counts(masks: torch.Tensor) -> torch.Tensor:

@@ -515,7 +515,8 @@ def _read_rows(labels_csv: Path) -> list[tuple[str, str, str, str]]:
                 if split and split not in SPLITS:
                     raise DataError(f"{labels_csv.name} line {line}: split '{split[:100]}' is "
                                     f"not one of {', '.join(SPLITS)}")
-                if group and not (group.lstrip("-").isdigit() and len(group) <= 18):
+                if group and not (group.isascii() and group.lstrip("-").isdigit()
+                                  and len(group) <= 18):
                     raise DataError(f"{labels_csv.name} line {line}: group '{group[:100]}' is "
                                     "not an integer patient id")
                 rows.append((r["filename"], r["label"], split, group))

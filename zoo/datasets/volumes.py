@@ -157,8 +157,12 @@ def _dicom_header(path: Path) -> pydicom.Dataset:
     if missing:
         raise DataError(f"{path.parent.name}/{path.name} lacks {', '.join(missing)}: its "
                         "slice cannot be placed in a volume")
-    if int(header.get("SamplesPerPixel", 1)) != 1 or int(header.get("NumberOfFrames", 1)
-                                                          or 1) != 1:
+    sizes = {k: header.get(k) for k in ("Rows", "Columns")}
+    bad = [k for k, v in sizes.items() if not isinstance(v, int) or v < 1]
+    if bad:
+        raise DataError(f"{path.parent.name}/{path.name}: {', '.join(bad)} must be positive "
+                        "whole numbers")
+    if (header.get("SamplesPerPixel") or 1) != 1 or (header.get("NumberOfFrames") or 1) != 1:
         raise DataError(f"{path.parent.name}/{path.name}: colour or multi-frame DICOM is not "
                         "read; give one grayscale slice per file")
     return header
