@@ -214,6 +214,12 @@ def build(recipes: Annotated[list[str] | None, typer.Argument(
         raise typer.Exit(2) from None
     built = []
     for _, recipe in selected:
+        if recipe.profile.get("task") == "segmentation":
+            # Their cards carry a U-Net study (SSL vs random init over seeds), which only
+            # bench/seg_study.py produces; a rebuild here would drop it.
+            console.print(f"skipped {recipe.name}: segmentation encoders are pretrained and "
+                          "scored by bench/seg_study.py (the command is in the recipe)")
+            continue
         with Progress(TextColumn("{task.description}"), BarColumn(),
                       TextColumn("{task.completed}/{task.total} steps"), console=console,
                       transient=True) as progress:

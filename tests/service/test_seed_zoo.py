@@ -66,3 +66,21 @@ def test_fresh_server_registers_the_seed_zoo(tmp_path: Path) -> None:
         assert {e["name"] for e in listed} == {f"taskalign/{n}" for n in names}
     finally:
         server.stop()
+
+
+def test_zoo_build_leaves_segmentation_seeds_to_their_study(tmp_path: Path) -> None:
+    """Rebuilding a segmentation seed with `taskalign zoo build` would drop the U-Net study
+    its card carries: the command skips it, says why, and writes nothing."""
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "service.cli", "zoo", "build",
+         "resnet18-2d.dense-contrast-kvasirseg", "--out", str(tmp_path), "--no-register"],
+        env={**os.environ, "TASKALIGN_HOME": str(tmp_path / "home"), "COLUMNS": "200"},
+        capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "skipped resnet18-2d.dense-contrast-kvasirseg" in out.stdout
+    assert "bench/seg_study.py" in out.stdout
+    assert not any(tmp_path.glob("*/card.json"))
