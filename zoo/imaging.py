@@ -161,7 +161,8 @@ def _picture(name: str, data: bytes, channels: int) -> np.ndarray:
             # Gray stays one band here, even for a colour model: it is widened after
             # resizing (with_channels), not at its full size.
             gray = channels == 1 or img.mode in ("1", "L", "LA")
-            arr = np.asarray(img.convert("L" if gray else "RGB"), np.float32)
+            mode = "L" if gray else "RGB"
+            arr = np.asarray(img if img.mode == mode else img.convert(mode), np.float32)
             arr /= 255.0
     except Image.DecompressionBombError:
         raise ImageError(name, "declares an image far too large") from None
