@@ -51,6 +51,8 @@ STUDIES: dict[str, dict[str, Any]] = {
 }
 LICENCES = {"kvasirseg": "research and education only (Simula)",
             "hippocampus": "CC-BY-SA-4.0"}
+WEIGHTS_LICENCES = {"kvasirseg": "research-only", "hippocampus": "CC-BY-SA-4.0"}
+STUDY_FILES = {name: Path(study["file"]).stem for name, study in STUDIES.items()}
 
 
 def cut(ds: Dataset, limit: int | None) -> Dataset:
@@ -69,21 +71,31 @@ def top_method(profile: dict[str, Any]) -> str:
     return next(r.id for r in rec.recommendations if r.id in OBJECTIVES)
 
 
-def pretrain_encoder(name: str, study: dict[str, Any], ds: Dataset, method: str,
+def default_recipe(name: str, study: dict[str, Any], method: str,
+                   args: argparse.Namespace) -> Recipe:
+    return Recipe(name=f"{study['preset']}.{method.replace('_', '-')}-{name}", method=method,
+                  dataset=STUDY_FILES[name], architecture=study["preset"],
+                  profile={**study["profile"], "label_regime": "low"},
+                  train={"epochs": args.pretrain_epochs, "batch_size": study["pretrain_batch"],
+                         "lr": args.pretrain_lr})
+
+
+def pretrain_encoder(name: str, study: dict[str, Any], ds: Dataset, recipe: Recipe,
                      args: argparse.Namespace, out: Path) -> torch.nn.Module:
     from safetensors.torch import save_file
 
-    recipe = Recipe(name=f"{study['preset']}.{method.replace('_', '-')}-{name}",
-                    method=method, dataset=name, architecture=study["preset"],
-                    profile={**study["profile"], "label_regime": "low"})
+    method = recipe.method
     plan = plan_from_rules(recipe, ds.channels)
+    plan.hyperparameters.update(recipe.hyperparameters)
     arch = recipe.architecture
     torch.manual_seed(0)
     encoder = build_encoder(arch["name"], ds.spatial_dims, ds.channels, ds.image_size,
                             arch.get("args"))
     objective = build_objective(method, encoder, **plan.hyperparameters)
-    config = TrainConfig(epochs=args.pretrain_epochs, batch_size=study["pretrain_batch"],
-                         lr=args.pretrain_lr, device=args.device, seed=0)
+    train = {"epochs": args.pretrain_epochs, "batch_size": study["pretrain_batch"],
+             "lr": args.pretrain_lr, **recipe.train}
+    config = TrainConfig(**train, device=args.device, seed=0,
+                         max_steps=args.pretrain_steps)
     t0 = time.perf_counter()
     history = pretrain(objective, ds.splits["train"].images, plan.policy, config,
                        on_epoch=lambda r: print(f"  pretrain {r['epoch']:3d} loss "
@@ -103,10 +115,10 @@ def pretrain_encoder(name: str, study: dict[str, Any], ds: Dataset, method: str,
                                      "augmentations": sorted(plan.policy.ops),
                                      "train": {**config.__dict__, "seconds": round(seconds, 1),
                                                "final_loss": history[-1]["loss"]}}},
-        pretraining_data={"name": name, "licence": LICENCES[name], "split": "train",
+        pretraining_data={"name": recipe.dataset, "licence": LICENCES[name], "split": "train",
                           "images": len(ds.splits["train"]), "citation": None},
-        weights_licence="CC-BY-4.0",
-        description=(f"{method} on the {name} training images (masks unused) at "
+        weights_licence=WEIGHTS_LICENCES[name],
+        description=(f"{method} on the {recipe.dataset} training images (masks unused) at "
                      f"{'x'.join(map(str, ds.image_size))}, by bench/seg_study.py in "
                      f"{seconds / 60:.1f} min on {history[-1]['device']}; see "
                      "docs/alignment-study.md for its segmentation label efficiency."),
@@ -119,10 +131,8 @@ def pretrain_encoder(name: str, study: dict[str, Any], ds: Dataset, method: str,
     return encoder
 
 
-def fresh_encoder(study: dict[str, Any], ds: Dataset, seed: int) -> torch.nn.Module:
-    from zoo.presets import preset
-
-    arch = preset(study["preset"]).spec()
+def fresh_encoder(arch: dict[str, Any], ds: Dataset, seed: int) -> torch.nn.Module:
+    """The recipe's architecture with random weights (the baseline arm)."""
     torch.manual_seed(seed)
     return build_encoder(arch["name"], ds.spatial_dims, ds.channels, ds.image_size,
                          arch.get("args"))
@@ -180,6 +190,12 @@ def main() -> None:
     ap.add_argument("--pretrain-epochs", type=int, default=100)
     ap.add_argument("--pretrain-lr", type=float, default=1e-3)
     ap.add_argument("--method", default=None, help="default: the rules' top implemented one")
+    ap.add_argument("--recipes", nargs="+", default=None,
+                    help="segmentation recipes (zoo/training/recipes) to pretrain and study "
+                         "instead of --datasets/--method: their method, architecture, "
+                         "profile and pretraining settings")
+    ap.add_argument("--pretrain-steps", type=int, default=None,
+                    help="stop pretraining after this many steps (smoke runs)")
     ap.add_argument("--limit", type=int, default=None, help="images per split (smoke runs)")
     ap.add_argument("--budget-s", type=float, default=None,
                     help="start no new run after this many seconds")
@@ -189,20 +205,30 @@ def main() -> None:
     start = time.monotonic()
     results = args.out / "results.jsonl"
     rows: list[dict[str, Any]] = []
-    for name in args.datasets:
+    if args.recipes:
+        from zoo.training.build import load_recipes
+
+        by_file = {f: n for n, f in STUDY_FILES.items()}
+        jobs = [(by_file[r.dataset], r) for _, r in load_recipes(args.recipes)]
+    else:
+        jobs = [(name, default_recipe(name, STUDIES[name],
+                                      args.method or top_method(STUDIES[name]["profile"]),
+                                      args)) for name in args.datasets]
+    for name, recipe in jobs:
         study = STUDIES[name]
         ds = cut(load_npz(args.data_dir / study["file"], name), args.limit)
-        method = args.method or top_method(study["profile"])
+        method = recipe.method
         print(f"{name}: {len(ds.splits['train'])} train images {ds.image_size}, "
-              f"{ds.info.get('mask_classes')}; SSL = {method}", flush=True)
-        ssl = pretrain_encoder(name, study, ds, method, args, args.out)
+              f"{ds.info.get('mask_classes')}; SSL = {recipe.name}", flush=True)
+        ssl = pretrain_encoder(name, study, ds, recipe, args, args.out)
         for fraction in args.fractions:  # both inits at one fraction before the next
             for seed in args.seeds:
                 for init in ("random", method):
                     if args.budget_s and time.monotonic() - start > args.budget_s:
                         print("budget spent: no new runs", flush=True)
                         break
-                    encoder = ssl if init == method else fresh_encoder(study, ds, seed)
+                    encoder = ssl if init == method else fresh_encoder(
+                        recipe.architecture, ds, seed)
                     run = finetune(encoder, ds, study, fraction, seed, args)
                     row = {"dataset": name, "init": init, "fraction": fraction, "seed": seed,
                            "device": args.device, **run}
