@@ -112,3 +112,12 @@ def live_server(live_home: Path) -> Iterator[str]:
     server = Server(live_home)
     yield server.url
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def kvasir() -> dict:
+    """The first cases of each Kvasir-SEG split (real polyp images and masks), as arrays;
+    modules that need another cut define their own."""
+    from tests.zoo.datasets.seg_builders import KVASIR, real
+
+    return real(KVASIR)

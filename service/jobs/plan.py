@@ -366,6 +366,24 @@ def check_labelled(dataset: DatasetFacts) -> None:
                                        "eval_dataset_id to evaluate the encoder)")
 
 
+def resolve_settings(spec: JobCreate, defaults: FinetuneDefaults, probe: str = "linear_probe",
+                     hint: str = " (set mode to full to use them)"
+                     ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The fine-tuning values, each asked for or the rules' default, and where the auto
+    ones came from; settings a frozen encoder would ignore are refused, not dropped."""
+    used: dict[str, Any] = {}
+    values = {name: _resolve(getattr(spec, name), getattr(defaults, name), name, used)
+              for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
+                           "augmentations")}
+    if values["mode"] == "linear_probe":
+        given = given_full_only(spec)
+        if given:
+            how = "was chosen for these labels" if spec.mode == "auto" else "was asked for"
+            raise InvalidJob(given[0], f"{', '.join(given)} only apply to mode full; "
+                                       f"{probe} {how}{hint}")
+    return values, used
+
+
 def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
                   engine: Engine) -> FinetunePlan:
     check_labelled(dataset)
@@ -382,16 +400,7 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
     if spec.augmentations != "auto":
         check_augmentations(spec.augmentations, advice.augmentations.avoid, engine,
                             dataset.channels)
-    used: dict[str, Any] = {}
-    values = {name: _resolve(getattr(spec, name), getattr(defaults, name), name, used)
-              for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
-                           "augmentations")}
-    if values["mode"] == "linear_probe":
-        given = given_full_only(spec)
-        if given:
-            how = "was chosen for these labels" if spec.mode == "auto" else "was asked for"
-            raise InvalidJob(given[0], f"{', '.join(given)} only apply to mode full; "
-                                       f"linear_probe {how} (set mode to full to use them)")
+    values, used = resolve_settings(spec, defaults)
     return FinetunePlan(
         encoder=spec.encoder or "", encoder_revision=str(revision.number),
         encoder_commit=revision.commit,
@@ -481,16 +490,8 @@ def plan_segmentation(spec: JobCreate, dataset: DatasetFacts, revision: Revision
                           dimensionality=f"{dataset.spatial_dims}d", top_k=1)
     defaults: FinetuneDefaults = engine.finetune_defaults(profile)
     advice = engine.recommend(profile)
-    used: dict[str, Any] = {}
-    values = {name: _resolve(getattr(spec, name), getattr(defaults, name), name, used)
-              for name in ("mode", "epochs", "lr", "encoder_lr_multiplier", "batch_size",
-                           "augmentations")}
-    if values["mode"] == "linear_probe":
-        given = given_full_only(spec)
-        if given:
-            how = "was chosen for these labels" if spec.mode == "auto" else "was asked for"
-            raise InvalidJob(given[0], f"{', '.join(given)} only apply to mode full; "
-                                       f"linear_probe (frozen encoder) {how}")
+    values, used = resolve_settings(spec, defaults, probe="linear_probe (frozen encoder)",
+                                    hint="")
     kept, dropped = segmentation_augmentations(
         values["augmentations"], advice.augmentations.avoid, engine, dataset.channels,
         requested=spec.augmentations != "auto")

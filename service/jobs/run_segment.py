@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from zoo.cards import StoredCard, slug
+from zoo.cards import StoredCard
 from zoo.catalog import DatasetRow
 from zoo.storage import BlobStore
 
@@ -23,6 +23,7 @@ from .runner import (
     report_to,
     save_curves,
     start_run,
+    tuned_card,
 )
 
 # Card evaluation rows: the flat metric keys of zoo.training.segment, as card metric names.
@@ -63,24 +64,12 @@ def segmentation_card(parent: StoredCard, plan: FinetunePlan, row: DatasetRow, j
                       input_size: list[int]) -> dict[str, Any]:
     """The task model's card: the parent's facts at the size it was trained at, the mask
     classes, this job's lineage and the test scores."""
-    arch, _, _ = parent.name.partition(".")
-    name = f"{arch}.seg-job{job_id}-{slug(row.name)}"[:96].rstrip("-")
-    parent_repo = parent.repo_id or plan.encoder
-    card = parent.model_dump(include={"architecture", "spatial_dims", "in_channels",
-                                      "normalization", "pretext", "pretraining_data",
-                                      "weights_licence"})
+    card = tuned_card(parent, plan, row, job_id, "seg", input_size)
+    parent_repo = card["parent"]
     few = outcome.labelled < FEW_LABELS
     how = "decoder on the frozen encoder" if plan.mode == "linear_probe" else "U-Net fine-tune"
     dice = _finite(outcome.metrics.get("dice"))
     card.update({
-        "name": name,
-        "input_size": list(input_size),
-        "modality": row.modality or parent.modality,
-        "parent": parent_repo,
-        "lineage": {"parent": parent_repo, "parent_revision": parent.revision,
-                    "parent_commit": parent.commit, "dataset_id": row.id,
-                    "dataset": row.name, "job_id": job_id,
-                    "params": plan.model_dump(mode="json")},
         "description": f"Segmentation of {', '.join(classes[1:])} in {row.name}: "
                        f"{parent_repo} with a {how} on {outcome.labelled} masked images "
                        f"({plan.label_fraction:.0%}) by job {job_id}; test Dice {dice}."

@@ -224,23 +224,18 @@ def job_reader(job: JobRow) -> Principal:
     return Principal(name=job.owner, admin=job.owner == ADMIN)
 
 
-def task_model_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow,
-                    job_id: int, outcome: Any, classes: list[str],
-                    curves: str | None, input_size: list[int]) -> dict[str, Any]:
-    """The task model's card: the parent encoder's facts at the size it was trained at
-    (a 28-px encoder tuned on 64-px images is a 64-px model), the head and what it
-    predicts, this job's lineage, and test scores with their intervals."""
+def tuned_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow,
+               job_id: int, kind: str, input_size: list[int]) -> dict[str, Any]:
+    """What every task model's card takes from its parent and its job: the parent
+    encoder's facts at the size it was trained at (a 28-px encoder tuned on 64-px images
+    is a 64-px model), its name `arch.{kind}-jobN-dataset`, and the lineage."""
     arch, _, _ = parent.name.partition(".")
-    name = f"{arch}.ft-job{job_id}-{slug(dataset_row.name)}"[:96].rstrip("-")
     parent_repo = parent.repo_id or plan.encoder
     card = parent.model_dump(include={"architecture", "spatial_dims", "in_channels",
-                                      "input_size", "normalization", "pretext",
-                                      "pretraining_data", "weights_licence"})
-    protocol = "fine_tune" if plan.mode == "full" else "linear_probe"
-    summary = outcome.report
-    few = outcome.labelled_per_class_min < FEW_LABELS
+                                      "normalization", "pretext", "pretraining_data",
+                                      "weights_licence"})
     card.update({
-        "name": name,
+        "name": f"{arch}.{kind}-job{job_id}-{slug(dataset_row.name)}"[:96].rstrip("-"),
         "input_size": list(input_size),
         "modality": dataset_row.modality or parent.modality,
         "parent": parent_repo,
@@ -248,6 +243,21 @@ def task_model_card(parent: StoredCard, plan: FinetunePlan, dataset_row: Dataset
                     "parent_commit": parent.commit,
                     "dataset_id": dataset_row.id, "dataset": dataset_row.name,
                     "job_id": job_id, "params": plan.model_dump(mode="json")},
+    })
+    return card
+
+
+def task_model_card(parent: StoredCard, plan: FinetunePlan, dataset_row: DatasetRow,
+                    job_id: int, outcome: Any, classes: list[str],
+                    curves: str | None, input_size: list[int]) -> dict[str, Any]:
+    """The classifier's card: `tuned_card`, the head and what it predicts, and test
+    scores with their intervals."""
+    card = tuned_card(parent, plan, dataset_row, job_id, "ft", input_size)
+    parent_repo = card["parent"]
+    protocol = "fine_tune" if plan.mode == "full" else "linear_probe"
+    summary = outcome.report
+    few = outcome.labelled_per_class_min < FEW_LABELS
+    card.update({
         "description": f"Classifier for {dataset_row.name} ({len(classes)} classes): "
                        f"{parent_repo} after {plan.mode.replace('_', ' ')} with "
                        f"{outcome.labelled} labelled images ({plan.label_fraction:.0%}) by "

@@ -379,14 +379,21 @@ async def run_model(zoo: ZooState, repo: str, revision: str | None, reader: Read
     card, image names, outputs)."""
     rev, entry, card, files = await checked_request(zoo, repo, revision, reader, settings,
                                                     images, task_model)
-    # Decoding is CPU work: off the event loop, so other requests keep being served.
+    outputs = await run_graph(zoo, entry, card, files, settings, slice_index)
+    return rev, card, [image for image, _ in files], outputs
+
+
+async def run_graph(zoo: ZooState, entry: FileRow, card: StoredCard,
+                    files: list[tuple[str, bytes]], settings: Settings,
+                    slice_index: int | None) -> np.ndarray:
+    """Decode every file (all problems named at once) and run the ONNX graph on the
+    batch. Both are CPU work: off the event loop, so other requests keep being served."""
     arrays, problems = await run_in_threadpool(decode_all, files, card,
                                                settings.max_embed_values, slice_index)
     if problems:
         raise HTTPException(422, detail=problems)
     session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
-    outputs = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
-    return rev, card, [image for image, _ in files], outputs
+    return await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
 
 
 @router.post("/{owner}/{name}/embed", response_model=EmbedResponse,
@@ -467,12 +474,7 @@ async def predict_images(
                                                     images, task_model=True)
     if card.task is not None and card.task.kind == "segmentation":
         return await segmentation_response(zoo, entry, card, files, settings, slice_index)
-    arrays, problems = await run_in_threadpool(decode_all, files, card,
-                                               settings.max_embed_values, slice_index)
-    if problems:
-        raise HTTPException(422, detail=problems)
-    session = zoo.onnx_sessions.get(entry.sha256, zoo.store.path(entry.sha256))
-    probs = await run_in_threadpool(embed, session, np.stack(arrays).astype(np.float32))
+    probs = await run_graph(zoo, entry, card, files, settings, slice_index)
     names = [image for image, _ in files]
     task = card.task
     assert task is not None  # run_model refused encoders

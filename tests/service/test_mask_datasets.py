@@ -20,7 +20,6 @@ from service.main import create_app
 from tests.utils import DATA_DIR
 from tests.zoo.datasets.seg_builders import (
     HIPPOCAMPUS,
-    KVASIR,
     crop,
     dicom_series,
     nifti_folder,
@@ -48,11 +47,6 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Settings
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
                                  base_url="http://testserver") as client:
         yield client, settings
-
-
-@pytest.fixture(scope="module")
-def kvasir() -> dict[str, np.ndarray]:
-    return real(KVASIR)
 
 
 @pytest.fixture(scope="module")

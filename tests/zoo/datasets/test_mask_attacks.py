@@ -11,15 +11,10 @@ import numpy as np
 import pydicom
 import pytest
 
-from tests.zoo.datasets.seg_builders import KVASIR, pairs_folder, real
+from tests.zoo.datasets.seg_builders import pairs_folder
 from tests.zoo.datasets.test_masks import CT_SERIES
 from zoo.datasets import volumes
 from zoo.datasets.readers import DataError, load_folder
-
-
-@pytest.fixture(scope="module")
-def kvasir() -> dict[str, np.ndarray]:
-    return real(KVASIR)
 
 
 @pytest.mark.parametrize(("labels", "message"), [

@@ -16,7 +16,6 @@ from PIL import Image
 
 from tests.zoo.datasets.seg_builders import (
     HIPPOCAMPUS,
-    KVASIR,
     SEG_DIR,
     crop,
     dicom_series,
@@ -42,11 +41,6 @@ from zoo.datasets.thumbnails import montage
 DICOM_DIRS = Path(pydicom.__file__).parent / "data" / "test_files" / "dicomdirtests"
 CT_SERIES = DICOM_DIRS / "98892001" / "CT5N"  # 5 axial CT slices, 2.5 mm apart
 CT_GAPPED = DICOM_DIRS / "77654033" / "CT2"  # 4 slices, one 200 mm away from the rest
-
-
-@pytest.fixture(scope="module")
-def kvasir() -> dict[str, np.ndarray]:
-    return real(KVASIR)
 
 
 @pytest.fixture(scope="module")
