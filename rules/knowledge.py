@@ -262,24 +262,27 @@ def _read(path: Path) -> Any:
 
 
 def _fact_domains(vocab: Vocabulary) -> dict[str, set[str] | None]:
+    """Every fact a condition may read, with its closed set of values (None: open).
+    Profile properties are facts by their field names, so a new property needs no edit here."""
+    from .profile import PROPERTY_VOCABULARY, Properties
+
     def values(kind: str) -> set[str]:
         return {str(k) for k in vocab.raw[KINDS[kind]]}
 
-    return {
+    domains: dict[str, set[str] | None] = {
         "task": values("task"),
         "table3": {str(t["table3"]) for t in vocab.raw["tasks"].values()},
         "modality": values("modality"),
         "anatomy": values("anatomy"),
         "dims": values("dimensionality"),
         "label_regime": values("label_regime"),
-        "lesion_scale": values("lesion_scale"),
-        "signal_organization": values("signal_organization"),
-        "noise": values("noise"),
-        "paired_modalities": values("modality"),
-        **{k: None for k in ("labeled", "unlabeled", "classes", "orientation_sensitive",
-                             "patient_ids", "paired", "multi_sequence", "temporal", "color",
-                             "kspace", "atlas", "gpu_memory_gb")},
+        "paired": None,
+        **{k: None for k in ("labeled", "unlabeled", "classes")},
     }
+    for name in Properties.model_fields:
+        kind = PROPERTY_VOCABULARY.get(name)
+        domains[name] = values(kind) if kind else None
+    return domains
 
 
 def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = None) -> Knowledge:

@@ -26,6 +26,12 @@ def _normalise(kind: str, value: Any) -> Any:
         ) from None
 
 
+# Properties whose values come from a vocabulary list (the rest are booleans or numbers);
+# rule conditions on them are checked against that list when the knowledge loads.
+PROPERTY_VOCABULARY = {"lesion_scale": "lesion_scale", "signal_organization": "signal_organization",
+                       "noise": "noise", "paired_modalities": "modality"}
+
+
 class Properties(BaseModel):
     """Data properties; anything left out is filled from modality and anatomy defaults."""
 
