@@ -3,12 +3,13 @@ from it (dimensionality, label regime, property defaults), each derivation recor
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from typing import Any, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from .vocabulary import UnknownValueError, Vocabulary, load_vocabulary
+from .vocabulary import UnknownValueError, Vocabulary, count_facts, load_vocabulary, suggest
 
 
 def _normalise(kind: str, value: Any) -> Any:
@@ -24,6 +25,29 @@ def _normalise(kind: str, value: Any) -> Any:
             str(err),
             {"allowed": err.allowed, "did_you_mean": err.suggestion},
         ) from None
+
+
+def _refuse_unknown_fields(model: type[BaseModel], what: str, data: Any) -> Any:
+    """Refuse names the model lacks, each with the closest allowed name and the list of
+    allowed ones (the 422 carries them as `did_you_mean` and `allowed`)."""
+    if not isinstance(data, dict):
+        return data
+    unknown = [k for k in data if k not in model.model_fields]
+    if not unknown:
+        return data
+    allowed = list(model.model_fields)
+    hints = load_vocabulary().field_hints
+    errors = []
+    for key in unknown:
+        close = suggest(str(key), allowed, hints)
+        hint = f"; did you mean '{close}'?" if close else "."
+        errors.append(InitErrorDetails(
+            type=PydanticCustomError(
+                "extra_forbidden", "unknown {what} '{name}'{hint} Allowed: {listed}",
+                {"what": what, "name": str(key), "hint": hint, "listed": ", ".join(allowed),
+                 "allowed": allowed, "did_you_mean": close}),
+            loc=(str(key),), input=data[key]))
+    raise ValidationError.from_exception_data(model.__name__, errors)
 
 
 # Properties whose values come from a vocabulary list (the rest are booleans or numbers);
@@ -57,7 +81,20 @@ class Properties(BaseModel):
     )
     kspace: bool | None = Field(None, description="Raw MRI k-space is available.")
     atlas: bool | None = Field(None, description="An anatomical atlas can be registered.")
+    multi_site: bool | None = Field(
+        None, description="Images come from several hospitals or scanners, so site and "
+        "protocol differ within the data (and between it and where the model will run).")
+    longitudinal: bool | None = Field(
+        None, description="Repeat scans of the same patients over time (follow-up studies).")
+    whole_slide: bool | None = Field(
+        None, description="Gigapixel whole-slide images that must be tiled into patches and "
+        "aggregated back to slide level (histopathology only).")
     gpu_memory_gb: float | None = Field(None, gt=0, le=4096, description="GPU memory per device.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        return _refuse_unknown_fields(cls, "property", data)
 
     @field_validator("lesion_scale", mode="before")
     @classmethod
@@ -104,11 +141,18 @@ class TaskProfile(BaseModel):
     anatomy: str | None = Field(None, description="Body region, e.g. brain, cardiac, chest.")
     dimensionality: str | None = Field(None, description="2d, 3d or video; default by modality.")
     label_regime: str | None = Field(None, description="none, few_shot, low, moderate, full.")
-    labeled: int | None = Field(None, ge=0, le=10**9, description="Number of labelled images.")
-    unlabeled: int | None = Field(None, ge=0, le=10**10, description="Number of unlabelled images.")
+    labeled: int | None = Field(None, ge=0, le=10**9, description="Number of labelled images "
+                                "(volumes when the data is 3d).")
+    unlabeled: int | None = Field(None, ge=0, le=10**10, description="Number of unlabelled "
+                                  "images (volumes when the data is 3d).")
     classes: int | None = Field(None, ge=1, le=100_000, description="Number of classes.")
     properties: Properties = Field(default_factory=Properties)
     top_k: int = Field(10, ge=1, le=100, description="How many ranked methods to return.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_names(cls, data: Any) -> Any:
+        return _refuse_unknown_fields(cls, "field", data)
 
     @field_validator("task", mode="before")
     @classmethod
@@ -165,6 +209,7 @@ class ResolvedProfile(BaseModel):
     dimensionality: str
     label_regime: str
     label_regime_source: str
+    label_regime_rule: str  # the vocabulary.yaml label_regime step, or "given"
     labeled: int | None
     unlabeled: int | None
     classes: int | None
@@ -195,27 +240,21 @@ def facts_of(resolved: dict[str, Any]) -> dict[str, Any]:
     return facts
 
 
-def derive_label_regime(
-    labeled: int, unlabeled: int | None, classes: int | None, vocab: Vocabulary
-) -> tuple[str, str]:
-    """Apply vocabulary.yaml's label_thresholds in order; return regime and the reason."""
-    total = labeled + (unlabeled or 0)
-    fraction = labeled / total if total else 0.0
-    for step in vocab.raw["label_thresholds"]:
-        regime = step["regime"]
-        if regime == "none" and labeled == 0:
-            return regime, "labeled == 0"
-        if regime == "few_shot":
-            per_class_max = step["per_class_max"]
-            if classes and labeled / classes <= per_class_max:
-                return regime, f"{labeled / classes:.1f} labels per class <= {per_class_max}"
-            if not classes and labeled <= step["total_max_without_classes"]:
-                return regime, f"{labeled} labels <= {step['total_max_without_classes']}"
-        if "fraction_below" in step and unlabeled and fraction < step["fraction_below"]:
-            return regime, f"labeled fraction {fraction:.3f} < {step['fraction_below']}"
-        if regime == "full":
-            return regime, f"labeled fraction {fraction:.3f} (no large unlabeled pool)"
-    raise AssertionError("label_thresholds must end with an unconditional regime")
+class DerivedRegime(NamedTuple):
+    regime: str
+    rule: str  # the step's id in vocabulary.yaml's label_regime
+    why: str
+
+
+def derive_label_regime(labeled: int, unlabeled: int | None, classes: int | None,
+                        vocab: Vocabulary, dims: str = "2d", task: str = "classification"
+                        ) -> DerivedRegime:
+    """The first of vocabulary.yaml's label_regime steps that holds for the counts."""
+    facts = count_facts(labeled, unlabeled, classes, dims, task)
+    for step in vocab.regime_steps:
+        if step.when is None or step.when(facts):
+            return DerivedRegime(step.regime, step.id, step.explain.format_map(facts))
+    raise AssertionError("the last label_regime step is unconditional")  # checked at load
 
 
 def resolve(profile: TaskProfile, vocab: Vocabulary | None = None) -> tuple[
@@ -260,7 +299,7 @@ def resolve_dicts(profile: TaskProfile, vocab: Vocabulary) -> tuple[
         assumptions.append({"field": "anatomy", "value": anatomy,
                             "source": f"{profile.modality} implies it"})
 
-    regime, regime_source = _label_regime(profile, vocab)
+    regime, regime_rule, regime_source = _label_regime(profile, dims, vocab, warnings)
 
     props = _properties(profile, anatomy, dims, vocab, assumptions, warnings)
 
@@ -272,6 +311,7 @@ def resolve_dicts(profile: TaskProfile, vocab: Vocabulary) -> tuple[
         "dimensionality": dims,
         "label_regime": regime,
         "label_regime_source": regime_source,
+        "label_regime_rule": regime_rule,
         "labeled": profile.labeled,
         "unlabeled": profile.unlabeled,
         "classes": profile.classes,
@@ -280,7 +320,9 @@ def resolve_dicts(profile: TaskProfile, vocab: Vocabulary) -> tuple[
     return resolved, assumptions, warnings
 
 
-def _label_regime(profile: TaskProfile, vocab: Vocabulary) -> tuple[str, str]:
+def _label_regime(profile: TaskProfile, dims: str, vocab: Vocabulary,
+                  warnings: list[dict[str, Any]]) -> tuple[str, str, str]:
+    """The regime, the rule that gave it and why; count warnings go to `warnings`."""
     if profile.labeled is None:
         counts_given = profile.unlabeled is not None or profile.classes is not None
         if counts_given and profile.label_regime is None:
@@ -289,41 +331,47 @@ def _label_regime(profile: TaskProfile, vocab: Vocabulary) -> tuple[str, str]:
         if profile.label_regime is None:
             raise ProfileConflict("label_regime", "give `label_regime` (none, few_shot, low, "
                                   "moderate, full) or the counts `labeled` and `unlabeled`")
-        return profile.label_regime, "given"
-    derived, why = derive_label_regime(profile.labeled, profile.unlabeled, profile.classes, vocab)
-    if profile.label_regime is not None and profile.label_regime != derived:
+        return profile.label_regime, "given", "given"
+    facts = count_facts(profile.labeled, profile.unlabeled, profile.classes, dims,
+                        profile.task)
+    for check in vocab.count_warnings:
+        if check.when(facts):
+            warnings.append({"code": check.code, "message": check.message.format_map(facts)})
+    derived = derive_label_regime(profile.labeled, profile.unlabeled, profile.classes, vocab,
+                                  dims, profile.task)
+    if profile.label_regime is not None and profile.label_regime != derived.regime:
         raise ProfileConflict(
             "label_regime",
             f"label_regime '{profile.label_regime}' contradicts the counts, which give "
-            f"'{derived}' ({why}); give one or the other",
+            f"'{derived.regime}' ({derived.why}; rule {derived.rule}); give one or the other",
         )
-    return derived, f"derived: {why}"
+    return derived.regime, derived.rule, f"derived: {derived.why}"
 
 
 def property_defaults(vocab: Vocabulary, modality: str, anatomy: str | None,
                       dims: str) -> tuple[dict[str, Any], dict[str, str]]:
     """Property values before the user's own, and where each came from; the layers are
-    global, modality, anatomy, modality-anatomy pair, then video. Memoised per vocabulary
-    (treat the result as read-only)."""
+    applied in vocabulary.yaml's `default_precedence` order, a later one overriding an
+    earlier one. Memoised per vocabulary (treat the result as read-only)."""
     key = (modality, anatomy, dims)
     hit = vocab.memo.get(key)
     if hit is not None:
         return hit
-    layers: list[tuple[str, dict[str, Any]]] = [
-        ("global default", vocab.raw["global_defaults"]),
-        (f"default for modality {modality}", vocab.modality(modality)["defaults"]),
-    ]
-    if anatomy:
-        layers.append((f"default for anatomy {anatomy}",
-                       vocab.raw["anatomy_defaults"].get(anatomy, {})))
-        layers.append((f"default for {modality} of the {anatomy}",
-                       vocab.raw["pair_defaults"].get(f"{modality}:{anatomy}", {})))
-    if dims == "video":
-        layers.append(("dimensionality video", {"temporal": True}))
+    raw = vocab.raw
+    layers: dict[str, tuple[str, dict[str, Any]]] = {
+        "global": ("global default", raw["global_defaults"]),
+        "modality": (f"default for modality {modality}", vocab.modality(modality)["defaults"]),
+        "anatomy": (f"default for anatomy {anatomy}",
+                    raw["anatomy_defaults"].get(anatomy, {}) if anatomy else {}),
+        "pair": (f"default for {modality} of the {anatomy}",
+                 raw["pair_defaults"].get(f"{modality}:{anatomy}", {}) if anatomy else {}),
+        "dims": (f"dimensionality {dims}", (raw.get("dims_defaults") or {}).get(dims, {})),
+    }
     props: dict[str, Any] = {"lesion_scale": None, "gpu_memory_gb": None}
     source: dict[str, str] = {}
-    for name, layer in layers:
-        for k, value in layer.items():
+    for layer in raw["default_precedence"]:
+        name, values = layers[layer]
+        for k, value in values.items():
             props[k] = value
             source[k] = name
     vocab.memo[key] = (props, source)
@@ -354,9 +402,12 @@ def _properties(
     if dims == "video" and props["temporal"] is False:
         raise ProfileConflict("properties.temporal", "video data is temporal; temporal=false "
                               "contradicts dimensionality video")
-    if props.get("kspace") and profile.modality != "mri":
-        raise ProfileConflict("properties.kspace", f"k-space data exists only for mri, "
-                              f"not {profile.modality}")
+    for key, (modalities, why) in vocab.property_applies.items():
+        if props.get(key) and profile.modality not in modalities:
+            raise ProfileConflict(
+                f"properties.{key}",
+                f"{key}={json.dumps(props[key])} does not apply to {profile.modality}: "
+                f"{why}; it applies to {', '.join(sorted(modalities))}")
     paired = [m for m in props.get("paired_modalities") or [] if m != profile.modality]
     if len(paired) != len(props.get("paired_modalities") or []):
         warnings.append({"code": "input_paired_same_modality",

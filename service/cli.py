@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rules import ProfileConflict, Recommendation, TaskProfile, default_engine
+from rules.profile import Properties
 
 app = typer.Typer(help="TaskAlign: task-aligned self-supervised learning for medical imaging.",
                   no_args_is_help=True, add_completion=False)
@@ -49,54 +50,65 @@ def serve(
                 log_level=settings.log_level)
 
 
-def _flag(value: bool | None) -> bool | None:
-    return value
+def _about(field: str) -> str:
+    """A CLI option's help: the API field's own description."""
+    fields = {**TaskProfile.model_fields, **Properties.model_fields}
+    return fields[field].description or ""
 
 
+# Every TaskProfile and Properties field has an option named as in the API (`--top-k` for
+# top_k); older short names stay as aliases. tests/service/test_cli_recommend.py checks it.
 @app.command()
 def recommend(
-    task: Annotated[str, typer.Option(help="classification, segmentation, detection, "
-                                      "anomaly_detection, reconstruction, regression")],
-    modality: Annotated[str, typer.Option(help="ct, mri, xray, histopathology, ...")],
-    anatomy: Annotated[str | None, typer.Option()] = None,
-    dims: Annotated[str | None, typer.Option("--dims", help="2d, 3d or video")] = None,
-    label_regime: Annotated[str | None, typer.Option(help="none, few_shot, low, moderate, full")]
-    = None,
-    labeled: Annotated[int | None, typer.Option(help="Number of labelled images.")] = None,
-    unlabeled: Annotated[int | None, typer.Option(help="Number of unlabelled images.")] = None,
-    classes: Annotated[int | None, typer.Option()] = None,
+    task: Annotated[str, typer.Option(help=_about("task"))],
+    modality: Annotated[str, typer.Option(help=_about("modality"))],
+    anatomy: Annotated[str | None, typer.Option(help=_about("anatomy"))] = None,
+    dimensionality: Annotated[str | None, typer.Option(
+        "--dimensionality", "--dims", help=_about("dimensionality"))] = None,
+    label_regime: Annotated[str | None, typer.Option(help=_about("label_regime"))] = None,
+    labeled: Annotated[int | None, typer.Option(help=_about("labeled"))] = None,
+    unlabeled: Annotated[int | None, typer.Option(help=_about("unlabeled"))] = None,
+    classes: Annotated[int | None, typer.Option(help=_about("classes"))] = None,
     orientation_sensitive: Annotated[bool | None, typer.Option(
-        "--orientation-sensitive/--orientation-free")] = None,
-    lesion_scale: Annotated[str | None, typer.Option(help="small_focal, large, diffuse")] = None,
-    signal: Annotated[str | None, typer.Option(help="localized, global, mixed")] = None,
-    patient_ids: Annotated[bool | None, typer.Option("--patient-ids/--no-patient-ids")] = None,
-    paired: Annotated[list[str] | None, typer.Option(help="Paired modality (repeatable).")] = None,
-    multi_sequence: Annotated[bool | None, typer.Option("--multi-sequence/--single-sequence")]
+        "--orientation-sensitive/--orientation-free", help=_about("orientation_sensitive"))]
     = None,
-    temporal: Annotated[bool | None, typer.Option("--temporal/--static")] = None,
-    color: Annotated[bool | None, typer.Option("--color/--grayscale")] = None,
-    noise: Annotated[str | None, typer.Option()] = None,
-    kspace: Annotated[bool | None, typer.Option("--kspace/--no-kspace")] = None,
-    gpu_memory_gb: Annotated[float | None, typer.Option()] = None,
-    top_k: Annotated[int, typer.Option(help="How many methods to list.")] = 10,
+    lesion_scale: Annotated[str | None, typer.Option(help=_about("lesion_scale"))] = None,
+    signal_organization: Annotated[str | None, typer.Option(
+        "--signal-organization", "--signal", help=_about("signal_organization"))] = None,
+    patient_ids: Annotated[bool | None, typer.Option(
+        "--patient-ids/--no-patient-ids", help=_about("patient_ids"))] = None,
+    paired_modalities: Annotated[list[str] | None, typer.Option(
+        "--paired-modalities", "--paired",
+        help=f"{_about('paired_modalities')} Repeat for several.")] = None,
+    multi_sequence: Annotated[bool | None, typer.Option(
+        "--multi-sequence/--single-sequence", help=_about("multi_sequence"))] = None,
+    temporal: Annotated[bool | None, typer.Option(
+        "--temporal/--static", help=_about("temporal"))] = None,
+    color: Annotated[bool | None, typer.Option(
+        "--color/--grayscale", help=_about("color"))] = None,
+    noise: Annotated[str | None, typer.Option(help=_about("noise"))] = None,
+    kspace: Annotated[bool | None, typer.Option(
+        "--kspace/--no-kspace", help=_about("kspace"))] = None,
+    atlas: Annotated[bool | None, typer.Option(
+        "--atlas/--no-atlas", help=_about("atlas"))] = None,
+    multi_site: Annotated[bool | None, typer.Option(
+        "--multi-site/--single-site", help=_about("multi_site"))] = None,
+    longitudinal: Annotated[bool | None, typer.Option(
+        "--longitudinal/--cross-sectional", help=_about("longitudinal"))] = None,
+    whole_slide: Annotated[bool | None, typer.Option(
+        "--whole-slide/--no-whole-slide", help=_about("whole_slide"))] = None,
+    gpu_memory_gb: Annotated[float | None, typer.Option(help=_about("gpu_memory_gb"))] = None,
+    top_k: Annotated[int, typer.Option(help=_about("top_k"))] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print the API's JSON.")] = False,
 ) -> None:
     """Recommend pretext methods for a task profile."""
-    props = {
-        "orientation_sensitive": orientation_sensitive, "lesion_scale": lesion_scale,
-        "signal_organization": signal, "patient_ids": patient_ids,
-        "paired_modalities": paired or None, "multi_sequence": multi_sequence,
-        "temporal": temporal, "color": color, "noise": noise, "kspace": kspace,
-        "gpu_memory_gb": gpu_memory_gb,
-    }
-    raw = {
-        "task": task, "modality": modality, "anatomy": anatomy, "dimensionality": dims,
-        "label_regime": label_regime, "labeled": labeled, "unlabeled": unlabeled,
-        "classes": classes, "top_k": top_k,
-        "properties": {k: v for k, v in props.items() if v is not None},
-    }
+    given = dict(locals())
+    props = {k: given.get(k) for k in Properties.model_fields if given.get(k) not in (None, [])}
+    raw = {k: given.get(k) for k in TaskProfile.model_fields
+           if k != "properties" and given.get(k) is not None}
+    raw["properties"] = props
     try:
-        profile = TaskProfile.model_validate({k: v for k, v in raw.items() if v is not None})
+        profile = TaskProfile.model_validate(raw)
         engine = default_engine()
         ev = engine.evaluate(profile)
         encoders = _local_encoders()
@@ -171,7 +183,8 @@ def _print_recommendation(rec: Recommendation, matches: list[dict] | None = None
     p = rec.profile
     console.print(f"[bold]{p.task}[/bold] · {p.modality}"
                   f"{' · ' + p.anatomy if p.anatomy else ''} · {p.dimensionality} · "
-                  f"labels: [bold]{p.label_regime}[/bold] ({p.label_regime_source})")
+                  f"labels: [bold]{p.label_regime}[/bold] ({p.label_regime_source}"
+                  f"{'' if p.label_regime_rule == 'given' else '; ' + p.label_regime_rule})")
     table = Table(show_lines=False)
     table.add_column("#", justify="right")
     table.add_column("method", no_wrap=True,
@@ -213,7 +226,7 @@ def _print_recommendation(rec: Recommendation, matches: list[dict] | None = None
         avoided = ", ".join(sorted({x.name for x in rec.augmentations.avoid}))
         console.print(f"avoid augmentations: {avoided}")
     for note in rec.notes:
-        console.print(f"[dim]note[/dim] {note}")
+        console.print(f"[dim]note[/dim] {note.text} [dim]({note.rule})[/dim]", highlight=False)
     for item in rec.assumptions:
         if item.source == "global default":
             continue

@@ -31,9 +31,12 @@ def test_low_regime_tunes_the_encoder_gently() -> None:
     assert "TaskAlign default" in (d.encoder_lr_multiplier.source or "")
 
 
-def test_plenty_of_labels_keep_the_baseline_settings() -> None:
-    d = defaults(labeled=546)
-    assert d.label_regime == "full"
+# All of BreastMNIST (546 images) is a mid-sized set, `moderate`; `full` needs thousands
+# of labelled images (vocabulary.yaml, label_regime). Both keep the baseline settings.
+@pytest.mark.parametrize(("labeled", "regime"), [(546, "moderate"), (5000, "full")])
+def test_plenty_of_labels_keep_the_baseline_settings(labeled: int, regime: str) -> None:
+    d = defaults(labeled=labeled)
+    assert d.label_regime == regime
     assert (d.mode.value, d.epochs.value, d.lr.value, d.batch_size.value,
             d.encoder_lr_multiplier.value, d.augmentations.value) == (
         "full", 20, 1e-3, 128, 1.0, [])
