@@ -18,6 +18,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import cache
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,18 @@ class _Memo:
 
 
 class Engine:
-    def __init__(self, knowledge: Knowledge, memo_bytes: int = MEMO_BYTES):
+    def __init__(self, knowledge: Knowledge, memo_bytes: int = MEMO_BYTES,
+                 pretrainable: frozenset[str] | None = None):
         self.kb = knowledge
+        # Which methods can be pretrained here: given, or the installed zoo's (None: unknown).
+        self.pretrainable = pretrainable if pretrainable is not None else installed_objectives()
+        # Studies the review uses against a method for a task (stance `cautions`).
+        self._study_cautions: dict[tuple[str, str], list[RefId]] = {}
+        for row in knowledge.studies:
+            if row.stance == "cautions":
+                for task in row.tasks:
+                    for mid in row.methods:
+                        self._study_cautions.setdefault((mid, task), []).append(row.ref)
         self._evidence = {
             rid: {"id": r.id, "authors": short_authors(r.authors), "year": r.year}
             for rid, r in knowledge.references.items()
@@ -176,15 +187,18 @@ class Engine:
         self._info_json = to_json(self._info)
         self._alignment_note_json = to_json(knowledge.alignment.note)
         self._effects = [self._prepare(lr) for lr in knowledge.rules]
-        # LabelAdvice serialised without its opening `regime` and `derived_from`, which
-        # are added per call: b',"expected_benefit":...}'.
-        self._advice_tail = {
-            regime: b"," + to_json({"expected_benefit": a.expected_benefit,
-                                    "evaluation": a.evaluation, "adaptation": a.adaptation,
-                                    "sections": a.sections,
-                                    "evidence": self.evidence(a.refs)})[1:]
-            for regime, a in knowledge.regime_advice.items()
-        }
+        # LabelAdvice serialised without its opening `regime`, `derived_from` and
+        # `regime_rule`, which are added per call: b',"rule":...}', per (regime, task).
+        self._advice_tail: dict[tuple[str, str], bytes] = {}
+        tasks = knowledge.vocabulary.raw["tasks"]
+        for regime, advice in knowledge.regime_advice.items():
+            for task in tasks:
+                suffix, a = advice.for_task(task)
+                self._advice_tail[(regime, task)] = b"," + to_json({
+                    "rule": f"advice.{regime}{suffix}",
+                    "expected_benefit": a["expected_benefit"], "evaluation": a["evaluation"],
+                    "adaptation": a["adaptation"], "sections": a["sections"],
+                    "evidence": self.evidence(a["refs"])})[1:]
         self._eligibility = _Memo(memo_bytes // 16)
         self._decided = _Memo(memo_bytes // 16)
         self._static: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -237,7 +251,8 @@ class Engine:
             b',"warnings":', to_json(warnings),
             b',"label_advice":{"regime":', to_json(regime),
             b',"derived_from":', to_json(resolved["label_regime_source"]),
-            self._advice_tail[regime],
+            b',"regime_rule":', to_json(resolved.get("label_regime_rule", "given")),
+            self._advice_tail[(regime, resolved["task"])],
             b',"augmentations":', outcome.augmentations_json,
             b',"notes":', outcome.notes_json,
             b',"alignment_note":', self._alignment_note_json,
@@ -322,7 +337,7 @@ class Engine:
         use_extra: dict[str, str] = {}
         avoid: dict[str, tuple[str, str]] = {}
         warnings: list[dict[str, Any]] = []
-        notes: list[str] = []
+        notes: list[dict[str, Any]] = []
         for i in fired:
             lr = kb.rules[i]
             rule = lr.rule
@@ -350,20 +365,23 @@ class Engine:
                     warnings.append(pe.warning)
                     effects.append({"kind": "warn", "detail": pe.detail, "methods": []})
                 else:
-                    notes.append(pe.note)
+                    notes.append({"text": pe.note, "rule": rule.id, "sections": rule.sections})
                     effects.append({"kind": "note", "detail": pe.detail, "methods": []})
             trace.append({"rule": rule.id, "file": lr.file, "effects": effects})
 
         # Ties break on how many reviewed studies back the method, then on its id.
         ranked = sorted(states.values(), key=lambda s: (-round(s.score, 6),
                                                         -self._support[s.method.id], s.method.id))
-        extra = sorted(use_extra)
-        recs = [self._method_output(rank, st, facts, extra, avoid)
+        trace.extend(self._tie_breaks(ranked, top_k))
+        trace.extend(self._run_checks(ranked, warnings, avoid, notes))
+        recs = [self._method_output(rank, st, facts, use_extra, avoid)
                 for rank, st in enumerate(ranked[:top_k], start=1)]
+        used = sorted(n for n in use_extra if n not in avoid)
         augmentations = {
-            "use": sorted(n for n in use_extra if n not in avoid),
+            "use": used,
             "avoid": [{"name": n, "rule": r, "reason": why}
                       for n, (r, why) in sorted(avoid.items())],
+            "sources": {n: use_extra[n] for n in used},
         }
         return _Outcome(
             recommendations_json=to_json(recs),
@@ -373,6 +391,61 @@ class Engine:
             notes_json=to_json(notes),
             trace_json=to_json(trace),
         )
+
+    def _run_checks(self, ranked: list[_MethodState], warnings: list[dict[str, Any]],
+                    avoid: dict[str, tuple[str, str]], notes: list[dict[str, Any]]
+                    ) -> list[dict[str, Any]]:
+        """Consistency checks (tables/consistency.yaml) over the answer built so far."""
+        trace = []
+        codes = {w["code"] for w in warnings}
+        for check in self.kb.checks:
+            c = check.when
+            first = [st.method for st in ranked[:c.k]]
+            if ((c.warning and c.warning not in codes)
+                    or (c.avoided and c.avoided not in avoid)
+                    or (c.returned_tag and not any(c.returned_tag in m.tags for m in first))
+                    or (c.returned_family and not any(m.family == c.returned_family
+                                                      for m in first))):
+                continue
+            effects = []
+            for e in check.effects:
+                if e.augment:
+                    for name in self.kb.expand_augmentations(e.augment.avoid):
+                        avoid.setdefault(name, (check.id, check.description))
+                    effects.append({"kind": "augment", "detail": f"avoid {e.augment.avoid}"})
+                elif e.warn:
+                    warnings.append({"code": e.warn.code, "severity": e.warn.severity,
+                                     "message": e.warn.message, "rule": check.id,
+                                     "evidence": self.evidence(check.refs)})
+                    effects.append({"kind": "warn", "detail": e.warn.code})
+                else:
+                    notes.append({"text": e.note, "rule": check.id,
+                                  "sections": check.sections})
+                    effects.append({"kind": "note", "detail": e.note or ""})
+            trace.append({"rule": check.id, "file": "tables/consistency.yaml",
+                          "effects": effects})
+        return trace
+
+    def _tie_breaks(self, ranked: list[_MethodState], top_k: int) -> list[dict[str, Any]]:
+        """Trace entries for every group of equal scores that reaches the returned ranks."""
+        out: list[dict[str, Any]] = []
+        i = 0
+        while i < min(top_k, len(ranked)):
+            score = round(ranked[i].score, 6)
+            j = i
+            while j + 1 < len(ranked) and round(ranked[j + 1].score, 6) == score:
+                j += 1
+            if j > i:
+                group = ranked[i:j + 1]
+                order = ", ".join(f"{st.method.id} ({self._support[st.method.id]})"
+                                  for st in group)
+                out.append({"rule": "engine.tie_break", "file": "rules/engine.py", "effects": [
+                    {"kind": "tie_break",
+                     "detail": f"score {score:g} shared by ranks {i + 1}-{j + 1}: ordered by "
+                               f"how many reviewed studies the method cites, then by id: {order}",
+                     "methods": [st.method.id for st in group]}]})
+            i = j + 1
+        return out
 
     def _apply_table3(self, task: str, column: str,
                       states: dict[str, _MethodState]) -> list[dict[str, Any]]:
@@ -393,16 +466,25 @@ class Engine:
         return trace
 
     def _method_output(self, rank: int, st: _MethodState, facts: dict[str, Any],
-                       use_extra: list[str], avoid: dict[str, tuple[str, str]]
+                       use_extra: dict[str, str], avoid: dict[str, tuple[str, str]]
                        ) -> dict[str, Any]:
         m = st.method
         static = self._method_static(m, facts["table3"], facts["task"])
-        wanted = list(dict.fromkeys([*m.augmentations, *use_extra]))
-        rationale = [*static["rationale"], *(lr.rule.rationale for lr in st.raised_by),
-                     *(f"Ranked lower: {lr.rule.rationale}" for lr in st.lowered_by)]
-        refs: list[RefId] = list(static["refs"])
+        own = f"catalog.{m.id}"
+        sources = {a: own for a in m.augmentations}
+        for name in sorted(use_extra):
+            sources.setdefault(name, use_extra[name])
+        rationale = [*static["rationale"],
+                     *({"text": lr.rule.rationale, "rule": lr.rule.id} for lr in st.raised_by),
+                     *({"text": f"Ranked lower: {lr.rule.rationale}", "rule": lr.rule.id}
+                       for lr in st.lowered_by)]
+        supports: list[RefId] = list(static["supports"])
         for lr in st.raised_by:
-            refs.extend(lr.rule.refs)
+            supports.extend(lr.rule.refs)
+        cautions: list[RefId] = list(static["cautions"])
+        for lr in st.lowered_by:
+            cautions.extend(lr.rule.refs)
+        against = set(cautions)
         return {
             "rank": rank,
             "id": m.id,
@@ -414,13 +496,16 @@ class Engine:
             "hyperparameters": st.hyperparameters,
             "hyperparameter_changes": st.changes,
             "augmentations": {
-                "use": [a for a in wanted if a not in avoid],
+                "use": [a for a in sources if a not in avoid],
                 "avoid": [{"name": a, "rule": avoid[a][0], "reason": avoid[a][1]}
-                          for a in wanted if a in avoid],
+                          for a in sources if a in avoid],
+                "sources": {a: r for a, r in sources.items() if a not in avoid},
             },
             "data_needs": static["data_needs"],
+            "pretrainable": static["pretrainable"],
             "rationale": rationale,
-            "evidence": self.evidence(refs),
+            "supports": self.evidence([r for r in supports if r not in against]),
+            "cautions": self.evidence(cautions),
         }
 
     def _method_static(self, m: Method, column: str, task: str) -> dict[str, Any]:
@@ -434,13 +519,18 @@ class Engine:
         rating = cell.per_task.get(task, cell.rating)
         family_label = table.families[m.family]["label"]
         why = f" ({cell.why})" if cell.why else ""
+        cell_id = f"table3.{m.family}.{column}"
+        study_cautions = self._study_cautions.get((m.id, task), [])
         static = {
             "alignment": {"rating": rating, "column": column, "family_label": family_label,
                           "sections": cell.sections, "why": cell.why},
-            "rationale": (m.summary, f"Table 3: {family_label} is {rating} for "
-                                     f"{table.columns[column]['label']}{why}."),
-            "refs": (*m.references, *cell.refs),
+            "rationale": ({"text": m.summary, "rule": f"catalog.{m.id}"},
+                          {"text": f"Table 3: {family_label} is {rating} for "
+                                   f"{table.columns[column]['label']}{why}.", "rule": cell_id}),
+            "supports": (*m.references, *(cell.refs if rating != "weak" else ())),
+            "cautions": (*(cell.refs if rating == "weak" else ()), *study_cautions),
             "data_needs": list(m.needs),
+            "pretrainable": None if self.pretrainable is None else m.id in self.pretrainable,
         }
         self._static[key] = static  # bounded: methods x columns x tasks
         return static
@@ -470,6 +560,16 @@ def _apply_hyperparameter(hp: HyperparameterEffect, picked: frozenset[str],
                                "rule": rule_id})
             changed.append(mid)
     return changed
+
+
+def installed_objectives() -> frozenset[str] | None:
+    """The methods installed packages can pretrain, from the `taskalign.pretrainable` entry
+    points (the zoo announces its objectives there, so this package never imports it);
+    None when nothing is installed that can pretrain."""
+    found = entry_points(group="taskalign.pretrainable")
+    if not found:
+        return None
+    return frozenset().union(*(frozenset(ep.load()) for ep in found))
 
 
 @cache

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .conditions import ConditionError, Predicate, compile_condition, facts_in
+from .studies import Study, load_studies, study_rules
 from .vocabulary import KINDS, PACKAGE_DIR, Vocabulary
 
 RefId = int | str
@@ -141,9 +142,15 @@ class Rule(Strict):
     when: dict[str, Any]
     effects: list[Effect] = Field(min_length=1)
     rationale: str
-    refs: list[RefId] = Field(min_length=1)
+    refs: list[RefId] = []
     sections: list[str] = []
     source: str | None = None
+
+    @model_validator(mode="after")
+    def _cited(self) -> Rule:
+        if not (self.refs or self.source):
+            raise ValueError("give refs from the review, or `source:` when the rule is ours")
+        return self
 
 
 class Cell(Strict):
@@ -162,12 +169,68 @@ class AlignmentTable(Strict):
     cells: dict[Family, dict[str, Cell]]
 
 
+class CheckCondition(Strict):
+    """What an answer must contain for a consistency check to fire (all given keys)."""
+
+    warning: str | None = None
+    avoided: str | None = None
+    returned_tag: str | None = None
+    returned_family: Family | None = None
+    k: int = Field(3, ge=1, le=100)
+
+
+class Check(Strict):
+    id: str = Field(pattern=r"^c\.[a-z0-9_.]+$")
+    description: str
+    when: CheckCondition = Field(alias="if")
+    effects: list[Effect] = Field(min_length=1)
+    rationale: str
+    refs: list[RefId] = []
+    sections: list[str] = []
+    source: str | None = None
+
+    @model_validator(mode="after")
+    def _answer_effects_only(self) -> Check:
+        if any(e.score or e.hyperparameter for e in self.effects):
+            raise ValueError("checks run on a finished ranking: only augment, note and warn")
+        if not (self.refs or self.source):
+            raise ValueError("give refs from the review, or `source:` when the check is ours")
+        return self
+
+
+class TaskAdvice(Strict):
+    """What changes in a regime's advice for one task; unset fields keep the regime's."""
+
+    expected_benefit: str | None = None
+    evaluation: str | None = None
+    adaptation: str | None = None
+    refs: list[RefId] = []
+    sections: list[str] = []
+    source: str | None = None
+
+
 class RegimeAdvice(Strict):
     expected_benefit: str
     evaluation: str
     adaptation: str
     refs: list[RefId]
     sections: list[str]
+    by_task: dict[str, TaskAdvice] = {}
+
+    def for_task(self, task: str) -> tuple[str, dict[str, Any]]:
+        """The advice for a task as (id suffix, fields); the task entry wins over the regime."""
+        fields = {"expected_benefit": self.expected_benefit, "evaluation": self.evaluation,
+                  "adaptation": self.adaptation, "refs": list(self.refs),
+                  "sections": list(self.sections)}
+        over = self.by_task.get(task)
+        if over is None:
+            return "", fields
+        for name in ("expected_benefit", "evaluation", "adaptation"):
+            if getattr(over, name) is not None:
+                fields[name] = getattr(over, name)
+        fields["refs"] = list(dict.fromkeys([*over.refs, *fields["refs"]]))
+        fields["sections"] = list(dict.fromkeys([*over.sections, *fields["sections"]]))
+        return f".{task}", fields
 
 
 class FinetuneValues(Strict):
@@ -222,6 +285,8 @@ class Knowledge:
     alignment: AlignmentTable
     regime_advice: dict[str, RegimeAdvice]
     rules: list[LoadedRule]
+    checks: list[Check]
+    studies: list[Study]
     needs: dict[str, tuple[Predicate, str]]
     finetune: list[LoadedFinetuneEntry]
     # Every fact that a rule or a `need` condition reads, so that which rules fire can be
@@ -249,6 +314,7 @@ RULE_FILES = [
     "transfer.yaml",
     "multimodal_hybrid.yaml",
     "signal_organization.yaml",
+    "practice.yaml",
     "measured.yaml",  # TaskAlign's own measurements: notes only
 ]
 
@@ -386,6 +452,12 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
     missing = domains["label_regime"] - set(regime_advice)
     if missing:
         raise KnowledgeError("tables/label_regime.yaml", "advice", f"missing {sorted(missing)}")
+    for regime, advice in regime_advice.items():
+        for task, over in advice.by_task.items():
+            entry = f"advice.{regime}.by_task.{task}"
+            if task not in domains["task"]:
+                raise KnowledgeError("tables/label_regime.yaml", entry, "unknown task")
+            check_refs("tables/label_regime.yaml", entry, over.refs)
 
     all_tags = {t for m in methods.values() for t in m.tags}
     all_hparams = {h for m in methods.values() for h in m.hyperparameters}
@@ -429,6 +501,49 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
                 selected.append(picked)
             rules.append(LoadedRule(rule=rule, file=rel, predicate=predicate, selected=selected))
 
+    studies_doc = read("tables/studies.yaml")
+    try:
+        studies = load_studies(studies_doc, domains, set(methods))
+    except (ValidationError, ValueError) as err:
+        raise KnowledgeError("tables/studies.yaml", "studies", str(err)) from None
+    for row in studies:
+        check_refs("tables/studies.yaml", f"ref {row.ref}", [row.ref])
+    for raw in study_rules(studies, domains):
+        rule = Rule.model_validate(raw)
+        if rule.id in seen:
+            raise KnowledgeError("tables/studies.yaml", rule.id, "duplicate rule id")
+        seen.add(rule.id)
+        selected = [frozenset(e.score.select.methods or ()) if e.score else frozenset()
+                    for e in rule.effects]
+        rules.append(LoadedRule(rule=rule, file="tables/studies.yaml",
+                                predicate=compile_condition(rule.when, domains),
+                                selected=selected))
+
+    checks: list[Check] = []
+    codes = {e.warn.code for lr in rules for e in lr.rule.effects if e.warn}
+    for raw in read("tables/consistency.yaml").get("checks") or []:
+        entry = str(raw.get("id", "?"))
+        try:
+            check = Check.model_validate(raw)
+        except ValidationError as err:
+            raise KnowledgeError("tables/consistency.yaml", entry, str(err)) from None
+        if check.id in seen:
+            raise KnowledgeError("tables/consistency.yaml", entry, "duplicate id")
+        seen.add(check.id)
+        c = check.when
+        if c.warning and c.warning not in codes:
+            raise KnowledgeError("tables/consistency.yaml", entry,
+                                 f"no rule gives warning {c.warning!r}")
+        if c.returned_tag and c.returned_tag not in all_tags:
+            raise KnowledgeError("tables/consistency.yaml", entry,
+                                 f"no method has tag {c.returned_tag!r}")
+        check_augs("tables/consistency.yaml", entry, [c.avoided] if c.avoided else [])
+        check_refs("tables/consistency.yaml", entry, check.refs)
+        for e in check.effects:
+            if e.augment:
+                check_augs("tables/consistency.yaml", entry, e.augment.use + e.augment.avoid)
+        checks.append(check)
+
     finetune = _load_finetune(read("tables/finetune.yaml"), domains, check_refs, check_augs)
 
     return Knowledge(
@@ -439,6 +554,8 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
         alignment=alignment,
         regime_advice=regime_advice,
         rules=rules,
+        checks=checks,
+        studies=studies,
         needs=needs,
         finetune=finetune,
         condition_facts=tuple(sorted(

@@ -34,6 +34,21 @@ class AvoidedAugmentation(BaseModel):
 class Augmentations(BaseModel):
     use: list[str]
     avoid: list[AvoidedAugmentation]
+    sources: dict[str, str] = {}
+    """For each name in `use`, the rule that put it there (`catalog.<method>`: the method's own)."""
+
+
+class Reason(BaseModel):
+    """One line of a method's rationale and the rule (or catalog entry) it comes from."""
+
+    text: str
+    rule: str
+
+
+class Note(BaseModel):
+    text: str
+    rule: str
+    sections: list[str]
 
 
 class HyperparameterChange(BaseModel):
@@ -55,8 +70,15 @@ class MethodRecommendation(BaseModel):
     hyperparameter_changes: list[HyperparameterChange]
     augmentations: Augmentations
     data_needs: list[str]
-    rationale: list[str]
-    evidence: list[Evidence]
+    pretrainable: bool | None
+    """Whether this installation implements the objective (None: unknown, no zoo installed)."""
+    rationale: list[Reason]
+    supports: list[Evidence]
+    """Studies in the method's favour for this task: its catalog entry, a Table 3 cell that
+    is not weak, and the rules that raised it."""
+    cautions: list[Evidence]
+    """Studies the review uses against it for this task: a weak Table 3 cell, the rules that
+    lowered it, and study-table rows with stance `cautions`."""
 
 
 class Excluded(BaseModel):
@@ -75,6 +97,10 @@ class Warning(BaseModel):
 class LabelAdvice(BaseModel):
     regime: str
     derived_from: str
+    regime_rule: str
+    """The step of vocabulary.yaml's label_regime table that chose the regime, or `given`."""
+    rule: str
+    """The advice entry: `advice.<regime>` or `advice.<regime>.<task>`."""
     expected_benefit: str
     evaluation: str
     adaptation: str
@@ -108,7 +134,7 @@ class Recommendation(BaseModel):
     warnings: list[Warning]
     label_advice: LabelAdvice
     augmentations: Augmentations
-    notes: list[str]
+    notes: list[Note]
     alignment_note: str
     trace: list[TraceEntry]
     engine: EngineInfo

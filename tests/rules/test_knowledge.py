@@ -27,7 +27,8 @@ def test_all_97_references_present() -> None:
 
 def test_every_rule_cites_evidence() -> None:
     for lr in default_engine().kb.rules:
-        assert lr.rule.refs and lr.rule.rationale, lr.rule.id
+        assert (lr.rule.refs or lr.rule.source) and lr.rule.rationale, lr.rule.id
+        assert lr.rule.sections or lr.rule.source, lr.rule.id
 
 
 def test_table3_restored_cells() -> None:
@@ -77,7 +78,7 @@ def _edit(path: Path, mutate) -> None:  # noqa: ANN001
 @pytest.mark.parametrize(("file", "mutate", "entry", "message"), [
     ("tables/transfer.yaml",
      lambda d: d["rules"][0]["when"].update({"fact": "lesion_size"}),
-     "tr.small_lesions.gentle_masking", "unknown fact 'lesion_size'"),
+     "tr.medical_mim.lower_mask_ratio", "unknown fact 'lesion_size'"),
     ("tables/objectives.yaml",
      lambda d: d["rules"][0]["effects"][0]["score"]["select"].update({"tags": ["instanse"]}),
      "t4.classification.instance_patient_contrast", "no method has tag 'instanse'"),

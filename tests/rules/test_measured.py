@@ -14,7 +14,7 @@ RUNS = (Path(__file__).resolve().parents[2] / "docs" / "study"
 
 def measured_notes(**profile: object) -> list[str]:
     answer = default_engine().recommend(TaskProfile.model_validate(profile))
-    return [n for n in answer.notes if "Measured by TaskAlign" in n]
+    return [n.text for n in answer.notes if "Measured by TaskAlign" in n.text]
 
 
 def test_segmentation_answers_carry_what_our_runs_showed() -> None:

@@ -68,7 +68,7 @@ def check(rec: Recommendation, expect: dict[str, Any]) -> None:
     for name in expect.get("augment_avoid", []):
         assert name in avoid, f"{name} should be avoided; avoid={sorted(avoid)}"
     for text in expect.get("notes_contain", []):
-        assert any(text in n for n in rec.notes), rec.notes
+        assert any(text in n.text for n in rec.notes), rec.notes
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[s["id"] for s in SCENARIOS])

@@ -36,9 +36,10 @@ async def test_recommendation_shape(client: httpx.AsyncClient) -> None:
     assert body["profile"]["label_regime"] == "low"
     first = body["recommendations"][0]
     assert {"rank", "id", "score", "family", "alignment", "hyperparameters", "augmentations",
-            "rationale", "evidence"} <= set(first)
-    assert first["evidence"] and all({"id", "authors", "year"} <= set(e)
-                                     for e in first["evidence"])
+            "rationale", "supports", "cautions", "pretrainable"} <= set(first)
+    assert first["supports"] and all({"id", "authors", "year"} <= set(e)
+                                     for e in first["supports"] + first["cautions"])
+    assert all(line["rule"] for line in first["rationale"])
     assert body["trace"] and body["label_advice"]["evaluation"]
     assert "qualitative" in body["alignment_note"]
 

@@ -1,0 +1,13 @@
+"""The catalog method ids this installation can pretrain, without importing torch.
+
+The rules engine marks each recommended method `pretrainable` from this set, which it
+finds through the `taskalign.pretrainable` entry point (pyproject.toml); it must answer in
+milliseconds, so it cannot import the objectives themselves;
+`tests/zoo/test_pretext_ids.py` keeps this set equal to `registry.OBJECTIVES`.
+"""
+
+PRETRAINABLE = frozenset({
+    "barlow_twins", "byol", "context_restoration", "contrastive_reconstruction",
+    "dense_contrast", "dino", "ijepa", "jigsaw", "mae", "micle", "moco_v2", "models_genesis",
+    "rotation_prediction", "rubiks_cube", "simclr", "simmim", "vox2vec",
+})
