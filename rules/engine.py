@@ -199,6 +199,17 @@ class Engine:
                     "expected_benefit": a["expected_benefit"], "evaluation": a["evaluation"],
                     "adaptation": a["adaptation"], "sections": a["sections"],
                     "evidence": self.evidence(a["refs"])})[1:]
+        # Rules indexed by the `fact eq value` their condition starts with (most study.*
+        # rules need one modality and one task), so a profile tests only the rules that can
+        # fire for it; the rest are tested always. Order is kept: indices are merged sorted.
+        self._unguarded: list[int] = []
+        self._guarded: dict[str, dict[Any, list[int]]] = {}
+        for i, lr in enumerate(knowledge.rules):
+            guard = _guard(lr.rule.when)
+            if guard is None:
+                self._unguarded.append(i)
+            else:
+                self._guarded.setdefault(guard[0], {}).setdefault(guard[1], []).append(i)
         self._eligibility = _Memo(memo_bytes // 16)
         self._decided = _Memo(memo_bytes // 16)
         self._static: dict[tuple[str, str, str], dict[str, Any]] = {}
@@ -215,6 +226,12 @@ class Engine:
     def recommend(self, profile: TaskProfile) -> Recommendation:
         return Recommendation.model_validate_json(self.evaluate(profile).json)
 
+    def _candidates(self, facts: dict[str, Any]) -> list[int]:
+        """Indices of the rules that can fire for these facts, in rule order."""
+        found = [i for fact, by_value in self._guarded.items()
+                 for i in by_value.get(facts.get(fact), ())]
+        return sorted(self._unguarded + found) if found else self._unguarded
+
     def evaluate(self, profile: TaskProfile) -> Evaluation:
         """The recommendation for a profile, serialised; raises ProfileConflict."""
         kb = self.kb
@@ -225,7 +242,7 @@ class Engine:
         if decided is None:
             decided = _Decided(
                 tuple(name for name, (pred, _) in kb.needs.items() if pred(facts)),
-                tuple(i for i, lr in enumerate(kb.rules) if lr.predicate(facts)))
+                tuple(i for i in self._candidates(facts) if kb.rules[i].predicate(facts)))
             self._decided.put(decided_key, decided)
         needs_met, fired = decided.needs_met, decided.fired
         elig_key = (facts["dims"], facts["modality"], facts["anatomy"], needs_met)
@@ -251,7 +268,7 @@ class Engine:
             b',"warnings":', to_json(warnings),
             b',"label_advice":{"regime":', to_json(regime),
             b',"derived_from":', to_json(resolved["label_regime_source"]),
-            b',"regime_rule":', to_json(resolved.get("label_regime_rule", "given")),
+            b',"regime_rule":', to_json(resolved["label_regime_rule"]),
             self._advice_tail[(regime, resolved["task"])],
             b',"augmentations":', outcome.augmentations_json,
             b',"notes":', outcome.notes_json,
@@ -278,7 +295,8 @@ class Engine:
                                     "source": entry.source}
         return FinetuneDefaults.model_validate({
             "task": resolved["task"], "label_regime": resolved["label_regime"],
-            "label_regime_source": resolved["label_regime_source"], **values})
+            "label_regime_source": resolved["label_regime_source"],
+            "label_regime_rule": resolved["label_regime_rule"], **values})
 
     # -- computed once per eligibility key or signature -----------------------------------
 
@@ -534,6 +552,14 @@ class Engine:
         }
         self._static[key] = static  # bounded: methods x columns x tasks
         return static
+
+
+def _guard(when: dict[str, Any]) -> tuple[str, Any] | None:
+    """The `fact eq value` a condition cannot hold without, if it starts with one."""
+    leaf = when["all"][0] if "all" in when else when
+    if leaf.get("op") == "eq" and isinstance(leaf.get("value"), str | int | float | bool):
+        return leaf["fact"], leaf["value"]
+    return None
 
 
 def _apply_hyperparameter(hp: HyperparameterEffect, picked: frozenset[str],

@@ -160,6 +160,7 @@ class FinetuneDefaults(BaseModel):
     task: str
     label_regime: str
     label_regime_source: str
+    label_regime_rule: str
     mode: Sourced[Literal["linear_probe", "full"]]
     epochs: Sourced[int]
     lr: Sourced[float]

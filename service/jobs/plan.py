@@ -410,7 +410,9 @@ def plan_finetune(spec: JobCreate, dataset: DatasetFacts, revision: RevisionRow,
         few_labels=bool(counts) and min(counts.values()) < FEW_LABELS,
         auto={"label_regime": defaults.label_regime,
               "derived_from": defaults.label_regime_source,
+              "regime_rule": defaults.label_regime_rule,
               "advice": advice.label_advice.evaluation,
+              "advice_rule": advice.label_advice.rule,
               "settings": used})
 
 
@@ -506,7 +508,9 @@ def plan_segmentation(spec: JobCreate, dataset: DatasetFacts, revision: Revision
         few_labels=masked < FEW_LABELS,
         auto={"label_regime": defaults.label_regime,
               "derived_from": defaults.label_regime_source,
+              "regime_rule": defaults.label_regime_rule,
               "advice": advice.label_advice.evaluation,
+              "advice_rule": advice.label_advice.rule,
               "masked_images": masked, "settings": used})
 
 

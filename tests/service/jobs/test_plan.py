@@ -53,6 +53,8 @@ def test_auto_values_come_from_the_rules_with_their_source() -> None:
     assert settings["lr"]["rule"] == "ft.default"
     assert settings["lr"]["evidence"][0]["id"] == "ext:yang2023medmnist"
     assert plan.auto["label_regime"] == "moderate"  # 546 labelled images: not a full-size set
+    assert plan.auto["regime_rule"].startswith("regime.moderate")
+    assert plan.auto["advice_rule"] == "advice.moderate"
     # the plan names the repository and the exact revision it resolved
     assert plan.encoder == "taskalign/resnet18-2d.simclr-pneumoniamnist"
     assert (plan.encoder_revision, plan.encoder_commit) == ("1", "c" * 40)
