@@ -13,7 +13,7 @@ from pydantic_core import to_json
 from sqlalchemy.orm import Session, sessionmaker
 
 from zoo.embed import SessionCache
-from zoo.matching import EncoderFacts, match_key, rank_encoders
+from zoo.matching import EncoderFacts, encoders_by_method, match_key, rank_encoders
 from zoo.registry import Registry
 from zoo.storage import BlobStore
 
@@ -30,7 +30,7 @@ class ZooState:
         self._checked = 0.0
         self._generation: tuple[int, ...] = (-1, -1, -1)
         self._facts: list[EncoderFacts] = []
-        self._matches: OrderedDict[tuple[Any, ...], bytes] = OrderedDict()
+        self._matches: OrderedDict[tuple[Any, ...], tuple[bytes, bytes]] = OrderedDict()
 
     def generation(self) -> tuple[int, ...]:
         """Registry.generation() (revisions and visibility); polled at most every couple of
@@ -61,8 +61,20 @@ class ZooState:
 
     def matches_json(self, profile: dict[str, Any],
                      ranked: Sequence[tuple[str, int, str]]) -> bytes:
-        """`rank_encoders` over the zoo as JSON, memoised until the zoo changes: many
-        profiles share their ranked methods, modality and dims."""
+        """`rank_encoders` over the zoo as JSON."""
+        return self._match(profile, ranked)[0]
+
+    def members_json(self, profile: dict[str, Any],
+                     ranked: Sequence[tuple[str, int, str]]) -> bytes:
+        """The members a recommendation gets from the zoo: `encoders` (the best matches) and
+        `encoders_by_method` (for each recommended method, the encoders pretrained with it)."""
+        matches, by_method = self._match(profile, ranked)
+        return b',"encoders":' + matches + b',"encoders_by_method":' + by_method
+
+    def _match(self, profile: dict[str, Any],
+               ranked: Sequence[tuple[str, int, str]]) -> tuple[bytes, bytes]:
+        """Both zoo answers as JSON, memoised until the zoo changes: many profiles share
+        their ranked methods, modality and dims."""
         self.generation()
         key = match_key(profile, ranked)
         with self._lock:
@@ -71,7 +83,8 @@ class ZooState:
                 self._matches.move_to_end(key)
                 return hit
             facts = self._facts
-        answer = to_json(rank_encoders(profile, ranked, facts))
+        answer = (to_json(rank_encoders(profile, ranked, facts)),
+                  to_json(encoders_by_method(profile, ranked, facts)))
         with self._lock:
             if facts is self._facts:  # not refreshed meanwhile
                 self._matches[key] = answer

@@ -73,3 +73,16 @@ def rank_encoders(profile: dict[str, Any], ranked: Sequence[tuple[str, int, str]
     for i, e in enumerate(out[:limit], start=1):
         e["rank"] = i
     return out[:limit]
+
+
+def encoders_by_method(profile: dict[str, Any], ranked: Sequence[tuple[str, int, str]],
+                       encoders: list[EncoderFacts]) -> dict[str, list[str]]:
+    """For every recommended method, the zoo encoders pretrained with it that fit the data's
+    dimensionality (all of them, not only the best five), so each line of a recommendation
+    can point at something to download or fine-tune."""
+    wanted_dims = DIMS[profile["dimensionality"]]
+    out: dict[str, list[str]] = {mid: [] for mid, _, _ in ranked}
+    for enc in encoders:
+        if enc.spatial_dims == wanted_dims and enc.method_id in out:
+            out[enc.method_id].append(enc.name)
+    return {mid: sorted(names) for mid, names in out.items() if names}

@@ -8,7 +8,7 @@ from pydantic import BaseModel
 from pydantic_core import to_json
 
 from rules import Engine, Recommendation, TaskProfile
-from zoo.matching import EncoderFacts, rank_encoders
+from zoo.matching import EncoderFacts, encoders_by_method, rank_encoders
 
 from ..deps import EngineDep, ZooDep
 from ..responses import error
@@ -29,25 +29,31 @@ class EncoderMatch(BaseModel):
 
 class RecommendationPublic(Recommendation):
     encoders: list[EncoderMatch]
+    encoders_by_method: dict[str, list[str]]
+    """For each recommended method, the zoo encoders pretrained with it that fit the data's
+    dimensionality (repository names): what to download or fine-tune for that line."""
 
 
-# (resolved profile, ranked methods) -> the matching zoo encoders as a JSON list.
+# (resolved profile, ranked methods) -> the zoo's members of the answer as JSON bytes:
+# b',"encoders":[...],"encoders_by_method":{...}'.
 Matcher = Callable[[dict[str, Any], Sequence[tuple[str, int, str]]], bytes]
 
 
 def matcher_over(encoders: list[EncoderFacts]) -> Matcher:
     """A matcher over a fixed list of encoders (the CLI's local zoo)."""
-    return lambda profile, ranked: to_json(rank_encoders(profile, ranked, encoders))
+    return lambda profile, ranked: (
+        b',"encoders":' + to_json(rank_encoders(profile, ranked, encoders))
+        + b',"encoders_by_method":' + to_json(encoders_by_method(profile, ranked, encoders)))
 
 
-def recommendation_json(engine: Engine, profile: TaskProfile, matches: Matcher) -> bytes:
-    """The engine's JSON with the matching zoo encoders appended as `encoders`.
+def recommendation_json(engine: Engine, profile: TaskProfile, members: Matcher) -> bytes:
+    """The engine's JSON with the zoo's members appended (`encoders`, `encoders_by_method`).
 
-    The engine's bytes are final and the encoder list is the only part that depends on the
-    zoo, so the list is appended to them rather than the answer re-serialised.
+    The engine's bytes are final and these members are the only part that depends on the
+    zoo, so they are appended rather than the answer re-serialised.
     """
     ev = engine.evaluate(profile)
-    return ev.with_members(b',"encoders":' + matches(ev.profile, ev.ranked))
+    return ev.with_members(members(ev.profile, ev.ranked))
 
 
 @router.post("", response_model=RecommendationPublic,
@@ -55,5 +61,5 @@ def recommendation_json(engine: Engine, profile: TaskProfile, matches: Matcher) 
 async def create_recommendation(profile: TaskProfile, engine: EngineDep,
                                 zoo: ZooDep) -> Response:
     """Rank pretext methods, hyperparameters, augmentations, warnings and zoo encoders."""
-    return Response(recommendation_json(engine, profile, zoo.matches_json),
+    return Response(recommendation_json(engine, profile, zoo.members_json),
                     media_type="application/json")

@@ -187,9 +187,14 @@ def test_recommendation_lists_matching_encoders(zoo_server: dict[str, Any]) -> N
     assert [e["name"] for e in encoders] == [REPO_2D]  # the 3D encoder does not fit 2D
     assert any("pretrained with simclr" in reason for reason in encoders[0]["reasons"])
     assert any("pretrained on xray" in reason for reason in encoders[0]["reasons"])
+    # each recommended method names the encoders pretrained with it that fit the data
+    answer = r.json()
+    assert answer["encoders_by_method"] == {"simclr": [REPO_2D]}
+    assert "simclr" in {m["id"] for m in answer["recommendations"]}
     r3 = httpx.post(f"{zoo_server['url']}/v1/recommendations",
                     json={"task": "segmentation", "modality": "ct", "label_regime": "low"})
     assert [e["name"] for e in r3.json()["encoders"]] == [REPO_3D]
+    assert REPO_2D not in str(r3.json()["encoders_by_method"])  # 2D encoder, 3D data
 
 
 def _refused(zoo_server: dict[str, Any], files: dict, headers: dict | None = None
