@@ -276,6 +276,12 @@ def resolve_dicts(profile: TaskProfile, vocab: Vocabulary) -> tuple[
     warnings: list[dict[str, Any]] = []
 
     dims = profile.dimensionality
+    if dims is None and profile.properties.temporal and modality["default_dims"] == "2d" \
+            and "video" in modality["dims"]:
+        # Frames over time of a 2d modality are video: the temporal objectives need them so.
+        dims = "video"
+        assumptions.append({"field": "dimensionality", "value": dims,
+                            "source": "properties.temporal: 2d frames over time are video"})
     if dims is None:
         dims = modality["default_dims"]
         assumptions.append({"field": "dimensionality", "value": dims,

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 DIRECT = 3.0
 SAME_ANATOMY = 0.5
 MIXED = 1.5
-# A row whose modality the review does not state (taken from the paper, or inferred).
+# A row whose modality the review does not state (taken from the paper's abstract).
 INDIRECT = 1.0
 
 
@@ -94,7 +94,9 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
         when = [{"fact": "modality", "op": "eq", "value": modality},
                 {"fact": "task", "op": "eq", "value": task},
                 *_dims_condition(None if dims == "any" else dims)]
-        stated = [r for r in rows if r.basis == "review"]
+        # The review states the method and task; for `inferred` rows only the split between
+        # modalities is ours, so they count as direct evidence; `paper` rows do not.
+        stated = [r for r in rows if r.basis != "paper"]
         if anatomy and not stated:
             continue  # the anatomy refinement needs a modality the review itself states
         if anatomy:
@@ -117,23 +119,42 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
             "sections": sorted({s for r in rows for s in r.sections}),
             "source": "rules/tables/studies.yaml (direct-evidence tier)",
         })
-    studied = sorted({r.modality for r in studies})
-    pairs = sorted({(r.modality, t) for r in studies for t in r.tasks})
-    unstudied = sorted((domains["modality"] or set()) - set(studied))
-    if unstudied:
+    # Modalities the review names as the subject of a study; a modality taken only from a
+    # paper's abstract does not count, and one used only as a paired second modality is
+    # reported as such.
+    studied = sorted({r.modality for r in studies if r.basis != "paper"})
+    paired_only = sorted({p for r in studies for p in r.paired} - set(studied))
+    never = sorted((domains["modality"] or set()) - set(studied) - set(paired_only))
+    warning = {"code": "indirect_evidence_modality", "severity": "medium"}
+    if never:
         out.append({
             "id": "study.none.modality",
             "description": "No reviewed study used this modality.",
-            "when": {"fact": "modality", "op": "in", "value": unstudied},
-            "effects": [{"warn": {"code": "indirect_evidence_modality", "severity": "medium",
-                                  "message": "None of the 75 reviewed studies used this "
-                                  "modality: the ranking transfers trends seen on other "
+            "when": {"fact": "modality", "op": "in", "value": never},
+            "effects": [{"warn": {**warning, "message": "None of the 75 reviewed studies used "
+                                  "this modality: the ranking transfers trends seen on other "
                                   "modalities and has no direct evidence. Compare the top "
                                   "methods, and random initialisation, on your own "
                                   "validation data."}}],
             "rationale": "The study table has no row for this modality.",
             "source": "rules/tables/studies.yaml (no matching row)",
         })
+    if paired_only:
+        out.append({
+            "id": "study.paired_only.modality",
+            "description": "Reviewed studies used this modality only as a paired second modality.",
+            "when": {"fact": "modality", "op": "in", "value": paired_only},
+            "effects": [{"warn": {**warning, "message": "The reviewed studies used this "
+                                  "modality only as the second, paired modality of another "
+                                  "(for example angiography or OCT beside fundus photographs), "
+                                  "never as the images a downstream task was evaluated on: "
+                                  "the ranking has no direct evidence for it. Compare the top "
+                                  "methods, and random initialisation, on your own "
+                                  "validation data."}}],
+            "rationale": "The study table lists this modality only under `paired`.",
+            "source": "rules/tables/studies.yaml (paired modality only)",
+        })
+    pairs = sorted({(r.modality, t) for r in studies for t in r.tasks if r.basis != "paper"})
     out.append({
         "id": "study.none.task",
         "description": "No reviewed study did this task on this modality.",
