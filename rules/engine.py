@@ -302,12 +302,19 @@ class Engine:
 
     def _eligible(self, facts: dict[str, Any], needs_met: tuple[str, ...]) -> _Eligibility:
         eligible, excluded = [], []
+        vocab = self.kb.vocabulary
+        frames = vocab.raw["dimensionalities"][facts["dims"]].get("frames")
+        modality = vocab.modality(facts["modality"])
+        required_tags = set(modality.get("method_tags") or ())
         for m in self.kb.methods.values():
             reasons = []
-            if facts["dims"] not in m.dims:
+            if facts["dims"] not in m.dims and frames not in m.dims:
                 reasons.append(f"supports {', '.join(m.dims)}, not {facts['dims']}")
             if m.modalities and facts["modality"] not in m.modalities:
                 reasons.append(f"specific to {', '.join(m.modalities)}")
+            if required_tags and not required_tags & set(m.tags):
+                reasons.append(f"{facts['modality']} needs a method for "
+                               f"{' or '.join(sorted(required_tags))} data")
             if m.anatomies and facts["anatomy"] not in m.anatomies:
                 reasons.append(f"designed for {', '.join(m.anatomies)} anatomy")
             reasons += [self.kb.needs[n][1] for n in m.needs if n not in needs_met]

@@ -72,6 +72,7 @@ class Selector(Strict):
     granularity: list[str] | None = None
     has_hyperparameter: str | None = None
     large_batch: bool | None = None
+    not_dims: list[Literal["2d", "3d", "video"]] | None = None  # methods defined for none
 
     def matches(self, m: Method) -> bool:
         return (
@@ -82,6 +83,7 @@ class Selector(Strict):
             and (self.granularity is None or m.granularity in self.granularity)
             and (self.has_hyperparameter is None or self.has_hyperparameter in m.hyperparameters)
             and (self.large_batch is None or m.large_batch == self.large_batch)
+            and (self.not_dims is None or not set(self.not_dims) & set(m.dims))
         )
 
 

@@ -61,7 +61,9 @@ def load_studies(doc: Any, domains: dict[str, set[str] | None],
 
 
 def _dims_condition(dims: str | None) -> list[dict[str, Any]]:
-    # A 3D study is direct evidence for volumes only; a 2D or video one for 2D and video.
+    # A 3D study is direct evidence for volumes only; a 2D or video one for images and
+    # video alike (video studies pretrain on frames, and frame-level methods apply to each
+    # frame); a study whose dimensionality is unstated for any.
     if dims == "3d":
         return [{"fact": "dims", "op": "eq", "value": "3d"}]
     if dims in ("2d", "video"):
@@ -80,7 +82,10 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
     for row in studies:
         if row.stance == "cautions":
             continue
+        # dims group; a label-free study is evidence only for users without labels
         dims = "3d" if row.dims == "3d" else ("2d" if row.dims else "any")
+        if row.label_regime == "none":
+            dims += "+nolabels"
         for task in row.tasks:
             for method in row.methods:
                 groups[(row.modality, task, method, dims)].append(row)
@@ -91,9 +96,12 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
         rows = groups[key]
         modality, task, method, dims = key[:4]
         anatomy = key[4] if len(key) > 4 else None
+        no_labels = dims.endswith("+nolabels")
+        dims = dims.removesuffix("+nolabels")
         when = [{"fact": "modality", "op": "eq", "value": modality},
                 {"fact": "task", "op": "eq", "value": task},
-                *_dims_condition(None if dims == "any" else dims)]
+                *_dims_condition(None if dims == "any" else dims),
+                *([{"fact": "label_regime", "op": "eq", "value": "none"}] if no_labels else [])]
         # The review states the method and task; for `inferred` rows only the split between
         # modalities is ours, so they count as direct evidence; `paper` rows do not.
         stated = [r for r in rows if r.basis != "paper"]
@@ -109,9 +117,11 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
         where = f"{modality}{'/' + anatomy if anatomy else ''}"
         out.append({
             "id": ".".join(["study", modality, *([anatomy] if anatomy else []), task, method,
-                            *([dims] if dims != "any" else [])]),
+                            *([dims] if dims != "any" else []),
+                            *(["no_labels"] if no_labels else [])]),
             "description": f"A reviewed study used {method} for {task} on {where}"
-                           f"{'' if dims == 'any' else f' ({dims})'}.",
+                           f"{'' if dims == 'any' else f' ({dims})'}"
+                           f"{' without labels' if no_labels else ''}.",
             "when": {"all": when},
             "effects": [{"score": {"select": {"methods": [method]}, "add": add}}],
             "rationale": _rationale(rows),
@@ -124,7 +134,9 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
     # reported as such.
     studied = sorted({r.modality for r in studies if r.basis != "paper"})
     paired_only = sorted({p for r in studies for p in r.paired} - set(studied))
-    never = sorted((domains["modality"] or set()) - set(studied) - set(paired_only))
+    paper_only = sorted({r.modality for r in studies} - set(studied) - set(paired_only))
+    never = sorted((domains["modality"] or set()) - set(studied) - set(paired_only)
+                   - set(paper_only))
     warning = {"code": "indirect_evidence_modality", "severity": "medium"}
     if never:
         out.append({
@@ -137,7 +149,23 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
                                   "methods, and random initialisation, on your own "
                                   "validation data."}}],
             "rationale": "The study table has no row for this modality.",
+            "sections": ["5.3"],
             "source": "rules/tables/studies.yaml (no matching row)",
+        })
+    if paper_only:
+        out.append({
+            "id": "study.paper_only.modality",
+            "description": "The review names no study on this modality; one reviewed study's "
+                           "paper used it.",
+            "when": {"fact": "modality", "op": "in", "value": paper_only},
+            "effects": [{"warn": {**warning, "message": "The review itself names no study on "
+                                  "this modality; one reviewed study used it according to its "
+                                  "own paper, not the review. The ranking rests mostly on "
+                                  "trends seen on other modalities: compare the top methods, "
+                                  "and random initialisation, on your own validation data."}}],
+            "rationale": "The study table has rows for this modality only with basis `paper`.",
+            "sections": ["5.3"],
+            "source": "rules/tables/studies.yaml (basis paper only)",
         })
     if paired_only:
         out.append({
@@ -152,6 +180,7 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
                                   "methods, and random initialisation, on your own "
                                   "validation data."}}],
             "rationale": "The study table lists this modality only under `paired`.",
+            "sections": ["5.3"],
             "source": "rules/tables/studies.yaml (paired modality only)",
         })
     pairs = sorted({(r.modality, t) for r in studies for t in r.tasks if r.basis != "paper"})
@@ -166,6 +195,7 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
                              "the direct-evidence bonus, and the ranking rests on Table 3 and on "
                              "trends from other tasks on this modality."}],
         "rationale": "The study table has no row for this modality and task.",
+        "sections": ["5.1", "5.3"],
         "source": "rules/tables/studies.yaml (no matching row)",
     })
     return out

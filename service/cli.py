@@ -218,12 +218,17 @@ def _print_recommendation(rec: Recommendation, matches: list[dict] | None = None
     colour = {"high": "red", "medium": "yellow", "low": "cyan"}
     for w in rec.warnings:
         refs = ", ".join(f"[{e.id}]" for e in w.evidence)
-        console.print(f"[{colour[w.severity]}]warning[/] {w.code}: {w.message} {refs}")
+        console.print(f"[{colour[w.severity]}]warning[/] {w.code}: {w.message} {refs} "
+                      f"[dim]({w.rule})[/dim]")
     a = rec.label_advice
     console.print(f"[bold]label regime {a.regime}[/bold]: {a.expected_benefit}\n"
-                  f"  evaluate: {a.evaluation}\n  adapt: {a.adaptation}")
+                  f"  evaluate: {a.evaluation}\n  adapt: {a.adaptation} [dim]({a.rule})[/dim]")
     if rec.augmentations.avoid:
-        avoided = ", ".join(sorted({x.name for x in rec.augmentations.avoid}))
+        by_rule: dict[str, list[str]] = {}
+        for x in rec.augmentations.avoid:
+            by_rule.setdefault(x.rule, []).append(x.name)
+        avoided = "; ".join(f"{', '.join(sorted(names))} [dim]({rule})[/dim]"
+                            for rule, names in sorted(by_rule.items()))
         console.print(f"avoid augmentations: {avoided}")
     for note in rec.notes:
         console.print(f"[dim]note[/dim] {note.text} [dim]({note.rule})[/dim]", highlight=False)
