@@ -72,7 +72,8 @@ def test_bad_rule_file_stops_startup(tmp_path) -> None:  # noqa: ANN001
     shutil.copytree(PACKAGE_DIR, root, ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     path = root / "tables" / "transfer.yaml"
     doc = yaml.safe_load(path.read_text())
-    doc["rules"][1]["when"]["op"] = "equals"
+    rule = next(r for r in doc["rules"] if r["id"] == "tr.orientation.no_rotation_invariance")
+    rule["when"]["op"] = "equals"
     path.write_text(yaml.safe_dump(doc))
     env = {**os.environ, "TASKALIGN_RULES_DIR": str(root), "TASKALIGN_HOME": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-m", "service.cli", "serve", "--port", "1"],
