@@ -138,10 +138,10 @@ class Effect(Strict):
         return next(k for k in type(self).model_fields if getattr(self, k) is not None)
 
 
-class Rule(Strict):
-    id: str = Field(pattern=r"^[a-z0-9_.]+$")
+class CitedEffects(Strict):
+    """What rules and consistency checks share: effects, and where they come from."""
+
     description: str
-    when: dict[str, Any]
     effects: list[Effect] = Field(min_length=1)
     rationale: str
     refs: list[RefId] = []
@@ -149,10 +149,16 @@ class Rule(Strict):
     source: str | None = None
 
     @model_validator(mode="after")
-    def _cited(self) -> Rule:
+    def _cited(self) -> CitedEffects:
         if not (self.refs or self.source):
-            raise ValueError("give refs from the review, or `source:` when the rule is ours")
+            kind = type(self).__name__.lower()
+            raise ValueError(f"give refs from the review, or `source:` when the {kind} is ours")
         return self
+
+
+class Rule(CitedEffects):
+    id: str = Field(pattern=r"^[a-z0-9_.]+$")
+    when: dict[str, Any]
 
 
 class Cell(Strict):
@@ -181,22 +187,14 @@ class CheckCondition(Strict):
     k: int = Field(3, ge=1, le=100)
 
 
-class Check(Strict):
+class Check(CitedEffects):
     id: str = Field(pattern=r"^c\.[a-z0-9_.]+$")
-    description: str
     when: CheckCondition = Field(alias="if")
-    effects: list[Effect] = Field(min_length=1)
-    rationale: str
-    refs: list[RefId] = []
-    sections: list[str] = []
-    source: str | None = None
 
     @model_validator(mode="after")
     def _answer_effects_only(self) -> Check:
         if any(e.score or e.hyperparameter for e in self.effects):
             raise ValueError("checks run on a finished ranking: only augment, note and warn")
-        if not (self.refs or self.source):
-            raise ValueError("give refs from the review, or `source:` when the check is ours")
         return self
 
 

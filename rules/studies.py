@@ -137,52 +137,38 @@ def study_rules(studies: list[Study], domains: dict[str, set[str] | None]
     paper_only = sorted({r.modality for r in studies} - set(studied) - set(paired_only))
     never = sorted((domains["modality"] or set()) - set(studied) - set(paired_only)
                    - set(paper_only))
-    warning = {"code": "indirect_evidence_modality", "severity": "medium"}
-    if never:
-        out.append({
-            "id": "study.none.modality",
-            "description": "No reviewed study used this modality.",
-            "when": {"fact": "modality", "op": "in", "value": never},
-            "effects": [{"warn": {**warning, "message": "None of the 75 reviewed studies used "
-                                  "this modality: the ranking transfers trends seen on other "
-                                  "modalities and has no direct evidence. Compare the top "
-                                  "methods, and random initialisation, on your own "
-                                  "validation data."}}],
-            "rationale": "The study table has no row for this modality.",
-            "sections": ["5.3"],
-            "source": "rules/tables/studies.yaml (no matching row)",
-        })
-    if paper_only:
-        out.append({
-            "id": "study.paper_only.modality",
-            "description": "The review names no study on this modality; one reviewed study's "
-                           "paper used it.",
-            "when": {"fact": "modality", "op": "in", "value": paper_only},
-            "effects": [{"warn": {**warning, "message": "The review itself names no study on "
-                                  "this modality; one reviewed study used it according to its "
-                                  "own paper, not the review. The ranking rests mostly on "
-                                  "trends seen on other modalities: compare the top methods, "
-                                  "and random initialisation, on your own validation data."}}],
-            "rationale": "The study table has rows for this modality only with basis `paper`.",
-            "sections": ["5.3"],
-            "source": "rules/tables/studies.yaml (basis paper only)",
-        })
-    if paired_only:
-        out.append({
-            "id": "study.paired_only.modality",
-            "description": "Reviewed studies used this modality only as a paired second modality.",
-            "when": {"fact": "modality", "op": "in", "value": paired_only},
-            "effects": [{"warn": {**warning, "message": "The reviewed studies used this "
-                                  "modality only as the second, paired modality of another "
-                                  "(for example angiography or OCT beside fundus photographs), "
-                                  "never as the images a downstream task was evaluated on: "
-                                  "the ranking has no direct evidence for it. Compare the top "
-                                  "methods, and random initialisation, on your own "
-                                  "validation data."}}],
-            "rationale": "The study table lists this modality only under `paired`.",
-            "sections": ["5.3"],
-            "source": "rules/tables/studies.yaml (paired modality only)",
-        })
+    compare = "Compare the top methods, and random initialisation, on your own validation data."
+    kinds = [  # (rule id, modalities, description, warning, rationale, why)
+        ("study.none.modality", never, "No reviewed study used this modality.",
+         "None of the 75 reviewed studies used this modality: the ranking transfers trends "
+         f"seen on other modalities and has no direct evidence. {compare}",
+         "The study table has no row for this modality.", "no matching row"),
+        ("study.paper_only.modality", paper_only,
+         "The review names no study on this modality; one reviewed study's paper used it.",
+         "The review itself names no study on this modality; one reviewed study used it "
+         "according to its own paper, not the review. The ranking rests mostly on trends "
+         "seen on other modalities: compare the top methods, and random initialisation, on "
+         "your own validation data.",
+         "The study table has rows for this modality only with basis `paper`.",
+         "basis paper only"),
+        ("study.paired_only.modality", paired_only,
+         "Reviewed studies used this modality only as a paired second modality.",
+         "The reviewed studies used this modality only as the second, paired modality of "
+         "another (for example angiography or OCT beside fundus photographs), never as the "
+         "images a downstream task was evaluated on: the ranking has no direct evidence for "
+         f"it. {compare}",
+         "The study table lists this modality only under `paired`.", "paired modality only"),
+    ]
+    for rule_id, modalities, description, message, rationale, why in kinds:
+        if modalities:
+            out.append({
+                "id": rule_id, "description": description,
+                "when": {"fact": "modality", "op": "in", "value": modalities},
+                "effects": [{"warn": {"code": "indirect_evidence_modality",
+                                      "severity": "medium", "message": message}}],
+                "rationale": rationale, "sections": ["5.3"],
+                "source": f"rules/tables/studies.yaml ({why})",
+            })
     pairs = sorted({(r.modality, t) for r in studies for t in r.tasks if r.basis != "paper"})
     out.append({
         "id": "study.none.task",

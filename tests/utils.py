@@ -123,3 +123,18 @@ def fresh_postgres_database(base_url: str) -> Iterator[str]:
                 {"n": name})
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
+
+
+def breast_subset(train: int, val: int, test: int):  # noqa: ANN201 - zoo Dataset
+    """The first images of each BreastMNIST split (real data), or skip when it is absent."""
+    import pytest
+
+    from zoo.datasets.readers import Dataset, Split, load_dataset
+
+    path = DATA_DIR / "medmnist" / "breastmnist.npz"
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (see shared/data/README.md)")
+    full = load_dataset("breastmnist", DATA_DIR)
+    cut = {"train": train, "val": val, "test": test}
+    return Dataset(name="breastmnist", info=full.info, splits={
+        k: Split(s.images[:cut[k]], s.labels[:cut[k]]) for k, s in full.splits.items()})

@@ -6,21 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.utils import DATA_DIR
+from tests.utils import breast_subset
 from zoo.architectures import build_encoder
-from zoo.datasets.readers import Dataset, Split, load_dataset
+from zoo.datasets.readers import Dataset
 from zoo.training.finetune import FinetuneSettings, finetune_classifier
 
 
 @pytest.fixture(scope="module")
 def small_breast() -> Dataset:
-    path = DATA_DIR / "medmnist" / "breastmnist.npz"
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (see shared/data/README.md)")
-    full = load_dataset("breastmnist", DATA_DIR)
-    cut = {"train": 64, "val": 16, "test": 32}
-    return Dataset(name="breastmnist", info=full.info, splits={
-        k: Split(s.images[:cut[k]], s.labels[:cut[k]]) for k, s in full.splits.items()})
+    return breast_subset(64, 16, 32)
 
 
 def encoder() -> torch.nn.Module:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.utils import DATA_DIR
+from tests.utils import breast_subset
 from zoo.architectures import build_encoder
-from zoo.datasets.readers import Dataset, Split, load_dataset
+from zoo.datasets.readers import Dataset, Split
 from zoo.training.protocol import (
     ProtocolV2,
     classification_metrics,
@@ -22,13 +22,7 @@ from zoo.training.protocol import (
 
 @pytest.fixture(scope="module")
 def breast() -> Dataset:
-    path = DATA_DIR / "medmnist" / "breastmnist.npz"
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (see shared/data/README.md)")
-    full = load_dataset("breastmnist", DATA_DIR)
-    cut = {"train": 200, "val": 80, "test": 120}
-    return Dataset(name="breastmnist", info=full.info, splits={
-        k: Split(s.images[:cut[k]], s.labels[:cut[k]]) for k, s in full.splits.items()})
+    return breast_subset(200, 80, 120)
 
 
 def encoder(seed: int) -> torch.nn.Module:
