@@ -18,20 +18,20 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from zoo.architectures import build_encoder  # noqa: E402
 from zoo.datasets.readers import Dataset, Split, load_dataset  # noqa: E402
-from zoo.training.build import load_recipes, plan_from_rules  # noqa: E402
-from zoo.training.pretext.registry import build_objective  # noqa: E402
+from zoo.training.build import (  # noqa: E402
+    load_recipes,
+    plan_from_rules,
+    pretrain_replicates,
+    random_inits,
+)
 from zoo.training.protocol import ProtocolV2, evaluate_v2  # noqa: E402
-from zoo.training.train import TrainConfig, pretrain  # noqa: E402
+from zoo.training.train import TrainConfig  # noqa: E402
 
 
 def smoke_cut(ds: Dataset, n: int) -> Dataset:
@@ -58,27 +58,12 @@ def main() -> None:
         if args.smoke:
             ds = smoke_cut(ds, 200)
         steps = plan_from_rules(recipe, ds.channels)
-        arch = recipe.architecture
         print(f"{recipe.name}: {recipe.method} on {ds.name}, hyperparameters "
               f"{steps.hyperparameters}, augmentations {sorted(steps.policy.ops)}", flush=True)
-        ssl, seconds = [], []
-        for seed in args.pretrain_seeds:
-            torch.manual_seed(seed)
-            encoder = build_encoder(arch["name"], ds.spatial_dims, ds.channels, ds.image_size,
-                                    arch.get("args"))
-            objective = build_objective(recipe.method, encoder, **steps.hyperparameters)
-            config = TrainConfig(**{**recipe.train, "seed": seed, "max_steps": args.max_steps})
-            t0 = time.perf_counter()
-            pretrain(objective, ds.splits["train"].images, steps.policy, config,
-                     groups=ds.splits["train"].groups)
-            seconds.append(round(time.perf_counter() - t0, 1))
-            ssl.append(objective.encoder.cpu().float().eval())
-            print(f"  pretrained seed {seed} in {seconds[-1]:.0f} s", flush=True)
-        inits = []
-        for seed in args.inits:
-            torch.manual_seed(seed)
-            inits.append(build_encoder(arch["name"], ds.spatial_dims, ds.channels,
-                                       ds.image_size, arch.get("args")).eval())
+        config = TrainConfig(**{**recipe.train, "max_steps": args.max_steps})
+        ssl, seconds, _ = pretrain_replicates(recipe, ds, steps, config, args.pretrain_seeds,
+                                              log=lambda line: print(line, flush=True))
+        inits = random_inits(recipe, ds, args.inits)
         rows = evaluate_v2({recipe.method: ssl, "random_init": inits}, ds.splits["train"],
                            ds.splits["val"], lambda ds=ds: ds.splits["test"], ds.num_classes,
                            ds.name, plan, log=lambda line: print(line, flush=True))

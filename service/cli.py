@@ -315,18 +315,22 @@ def evaluate(
                                                 "random-init baseline only.")] = None,
     architecture: Annotated[str, typer.Option(help="Baseline architecture.")] = "resnet18",
     fractions: Annotated[str, typer.Option(help="Label fractions.")] = "0.01,0.1,1",
-    seeds: Annotated[str, typer.Option()] = "0,1,2",
+    seeds: Annotated[str, typer.Option(help="Label-subset seeds.")] = "0,1,2",
+    inits: Annotated[str, typer.Option(help="Random-init baseline seeds.")] = "0,1,2",
     protocols: Annotated[str, typer.Option(help="linear_probe,knn,fine_tune")]
     = "linear_probe,knn",
     fine_tune_epochs: Annotated[int, typer.Option()] = 10,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Linear probe, kNN and fine-tuning at label fractions, with the random-init baseline."""
+    """Linear probe, kNN and fine-tuning at label fractions against random inits, under
+    protocol v2: penalty, k and checkpoint chosen on a scaled validation subset, test
+    opened once, paired bootstrap interval of the difference."""
     import torch
 
     from zoo.architectures import build_encoder
     from zoo.datasets.readers import DataError, load_dataset
-    from zoo.training.build import EvalPlan, evaluate_encoder
+    from zoo.training.build import EvalPlan
+    from zoo.training.build import evaluate as evaluate_v2
 
     try:
         ds = load_dataset(dataset)
@@ -334,30 +338,36 @@ def evaluate(
         err_console.print(f"[red]error[/red] {e}")
         raise typer.Exit(2) from None
     frac = [float(f) for f in fractions.split(",")]
+    init_seeds = [int(s) for s in inits.split(",")]
     plan = EvalPlan(fractions=frac, seeds=[int(s) for s in seeds.split(",")],
                     protocols=protocols.split(","), fine_tune_fractions=frac,
-                    fine_tune_seeds=[int(s) for s in seeds.split(",")],
-                    fine_tune_epochs=fine_tune_epochs)
-    results = []
+                    fine_tune_epochs=fine_tune_epochs, inits=init_seeds)
+    ssl = []
     if encoder:
         from zoo import load_encoder
 
-        results += evaluate_encoder(load_encoder(encoder), ds, plan, "", err_console.print)
-    torch.manual_seed(0)
-    baseline = build_encoder(architecture, ds.spatial_dims, ds.channels, ds.image_size,
-                             {"widths": [16, 32, 64, 128]} if architecture.startswith("resnet")
-                             else {})
-    results += evaluate_encoder(baseline, ds, plan, "random_init_", err_console.print)
+        ssl.append(load_encoder(encoder))
+    baselines = []
+    for seed in init_seeds:
+        torch.manual_seed(seed)
+        baselines.append(build_encoder(
+            architecture, ds.spatial_dims, ds.channels, ds.image_size,
+            {"widths": [16, 32, 64, 128]} if architecture.startswith("resnet") else {}).eval())
+    results = evaluate_v2(ssl, baselines, ds, plan, {"ssl": [0], "random_init": init_seeds},
+                          err_console.print)
     if as_json:
         typer.echo(json.dumps({"data": results, "count": len(results)}))
         return
-    table = Table(title=f"{dataset} (test split)")
-    for col in ("protocol", "labels", "metric", "mean", "spread", "seeds"):
+    table = Table(title=f"{dataset} (test split, protocol v2)")
+    for col in ("protocol", "labels", "metric", "mean", "s.d.", "runs", "majority",
+                "SSL - inits, 95 %"):
         table.add_column(col)
     for r in results:
+        ci = r.get("difference_ci95")
         table.add_row(r["protocol"], f"{r['label_fraction']:.0%}", r["metric"],
                       f"{r['value']:.3f}", "" if r["spread"] is None else f"{r['spread']:.3f}",
-                      ",".join(map(str, r["seeds"])))
+                      str(r["runs"]), f"{r['majority_rate']:.3f}",
+                      f"{ci[0]:+.3f} .. {ci[1]:+.3f}" if ci else "")
     console.print(table)
 
 

@@ -63,13 +63,29 @@ class Evaluation(BaseModel):
     label_fraction: float = Field(ge=0, le=1)
     metric: str
     value: float
-    spread: float | None = Field(None, description="Sample standard deviation of the metric "
-                                  "over the seeds listed (one label subset and probe per seed).")
-    seeds: list[int] = Field(default_factory=list)
+    spread: float | None = Field(None, description="Sample standard deviation of the metric: "
+                                  "over the seeds listed (protocol 1), over replicates x label "
+                                  "subsets (protocol 2).")
+    seeds: list[int] = Field(default_factory=list, description="Label-subset seeds.")
     split: str = "test"
     ci95: tuple[float, float] | None = Field(None, description="95 % bootstrap interval "
                                              "over test images (percentile method).")
     notes: str | None = None
+    protocol_version: Literal[1, 2] = Field(1, description="2: every choice made on a "
+                                            "validation subset scaled like the training "
+                                            "subset, several replicates, paired intervals.")
+    replicates: list[int] = Field(default_factory=list, description="Pretraining seeds (SSL "
+                                  "rows) or random-init seeds (random_init_* rows) averaged.")
+    runs: int | None = Field(None, ge=1, description="Runs averaged: replicates x subsets.")
+    majority_rate: float | None = Field(None, description="Test accuracy of always answering "
+                                        "the most frequent class, to read ACC against.")
+    tuned: dict[str, Any] | None = Field(None, description="The hyperparameter chosen on "
+                                         "validation: name, grid and the value of each run.")
+    difference_ci95: tuple[float, float] | None = Field(
+        None, description="Paired bootstrap 95 % interval over test images of this row's "
+        "mean AUC minus the random inits' mean AUC.")
+    difference_vs_best_ci95: tuple[float, float] | None = Field(
+        None, description="The same against the best single random init.")
 
 
 class TaskHead(BaseModel):
@@ -141,6 +157,9 @@ class EncoderCard(BaseModel):
     pretraining_data: PretrainingData
     weights_licence: str = "CC-BY-4.0"
     evaluation: list[Evaluation] = Field(default_factory=list)
+    evaluation_protocol: dict[str, Any] | None = Field(
+        None, description="How the evaluation rows were produced: grids, tuning split, "
+        "what the spread and intervals mean.")
     parent: str | None = Field(None, description="Encoder this one was trained from.")
     lineage: dict[str, Any] = Field(default_factory=dict,
                                     description="e.g. dataset and job that produced it.")

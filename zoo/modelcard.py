@@ -329,6 +329,8 @@ def limitations(card: StoredCard, net: Network | None, size: str, unit: str, cha
 def evaluation(card: StoredCard) -> list[str]:
     if not card.evaluation:
         return ["No evaluation reported."]
+    if any(e.protocol_version == 2 for e in card.evaluation):
+        return evaluation_v2(card)
     with_ci = any(getattr(e, "ci95", None) for e in card.evaluation)
     head = "| dataset | split | protocol | labels | metric | value ± spread | seeds |"
     rule = "|---|---|---|---|---|---|---|"
@@ -352,6 +354,40 @@ def evaluation(card: StoredCard) -> list[str]:
         "training split and the spread is often 0. `labels`: the fraction of the training "
         "labels used. `random_init_*` rows: the same architecture with untrained weights, "
         "evaluated the same way, as the baseline to beat.",
+    ]
+    return lines
+
+
+def _interval(ci: tuple[float, float] | None) -> str:
+    return f"{ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "-"
+
+
+def evaluation_v2(card: StoredCard) -> list[str]:
+    """Protocol v2 rows: every metric with its spread, the majority-class rate beside ACC,
+    and the paired intervals of SSL against the random inits."""
+    lines = ["| dataset | protocol | labels | metric | mean ± s.d. | runs | majority rate "
+             "| SSL - mean init, 95 % | SSL - best init, 95 % | tuned on validation |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for e in card.evaluation:
+        spread = f" ± {e.spread:.3f}" if e.spread is not None else ""
+        tuned = ""
+        if e.tuned and e.metric == "AUC":
+            chosen = sorted({str(v) for v in e.tuned.get("chosen", [])})
+            tuned = f"{e.tuned['name']} in {e.tuned.get('grid')}: {', '.join(chosen)}"
+        majority = f"{e.majority_rate:.3f}" if e.majority_rate is not None else "-"
+        lines.append(f"| {e.dataset} | {e.protocol} | {e.label_fraction:.0%} | {e.metric} "
+                     f"| {e.value:.3f}{spread} | {e.runs or '-'} | {majority} "
+                     f"| {_interval(e.difference_ci95)} | {_interval(e.difference_vs_best_ci95)} "
+                     f"| {tuned} |")
+    described = card.evaluation_protocol or {}
+    lines += [
+        "",
+        "Protocol v2: " + "; ".join(
+            f"{key.replace('_', ' ')}: {value}" for key, value in described.items()
+            if isinstance(value, str)) + ".",
+        "`random_init_*` rows: the same architecture with untrained weights, one per "
+        "random-init seed, evaluated the same way. An interval that contains 0 is no "
+        "evidence of a gain; read ACC against the majority rate.",
     ]
     return lines
 

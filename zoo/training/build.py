@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import inspect
 import json
-import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,11 @@ from zoo.architectures import build_encoder
 from zoo.cards import EncoderCard
 from zoo.datasets.readers import Dataset, load_dataset
 from zoo.presets import preset
+from zoo.storage import sha256_file, write_atomic
 
 from .augment import Policy
-from .evaluate import (
-    FineTuneConfig,
-    features,
-    fine_tune,
-    knn,
-    label_subset,
-    linear_probe,
-    medmnist_metrics,
-)
 from .pretext.registry import OBJECTIVES, build_objective
+from .protocol import ProtocolV2, card_rows, evaluate_v2
 from .train import TrainConfig, pretrain
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -44,14 +36,26 @@ SEED_DIR = Path(__file__).resolve().parents[1] / "seed"
 
 
 class EvalPlan(BaseModel):
+    """Protocol v2 (zoo/training/protocol.py) as a recipe states it."""
+
     model_config = ConfigDict(extra="forbid")
 
     fractions: list[float] = [0.01, 0.1, 1.0]
-    seeds: list[int] = [0, 1, 2]
+    seeds: list[int] = Field([0, 1, 2], description="Label-subset seeds.")
     protocols: list[str] = ["linear_probe", "knn"]
     fine_tune_fractions: list[float] = [0.1]
-    fine_tune_seeds: list[int] = [0]
     fine_tune_epochs: int = 10
+    pretrain_seeds: list[int] | None = Field(
+        None, description="Pretraining runs, one per seed; the first is the one shipped. "
+                          "None: the recipe's own train seed only.")
+    inits: list[int] = Field([0, 1, 2], description="Random-init baselines, one per seed.")
+    bootstrap: int = Field(1000, ge=100, le=10000)
+
+    def protocol(self) -> ProtocolV2:
+        return ProtocolV2(fractions=self.fractions, subset_seeds=self.seeds,
+                          protocols=self.protocols, bootstrap=self.bootstrap,
+                          fine_tune_epochs=self.fine_tune_epochs,
+                          fine_tune_fractions=self.fine_tune_fractions)
 
 
 class Recipe(BaseModel):
@@ -129,46 +133,62 @@ def plan_from_rules(recipe: Recipe, channels: int) -> Plan:
     return Plan(hp, policy, method.family, method.rank, notes)
 
 
-def evaluate_encoder(encoder: torch.nn.Module, ds: Dataset, plan: EvalPlan, label: str,
-                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Linear probe / kNN / fine-tune at label fractions; mean and spread over seeds. No
-    protocols (an unlabelled set with nothing to evaluate on): no results."""
+def evaluate(ssl: list[torch.nn.Module], inits: list[torch.nn.Module], ds: Dataset,
+             plan: EvalPlan, replicates: dict[str, list[int]],
+             log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Protocol v2 card rows for SSL replicates against random inits; no protocols (an
+    unlabelled set with nothing to evaluate on): no rows."""
     if not plan.protocols:
         return []
-    train, val, test = ds.splits["train"], ds.splits["val"], ds.splits["test"]
-    k = ds.num_classes
-    results = []
-    frozen = {"linear_probe", "knn"} & set(plan.protocols)
-    if frozen:
-        f_train, f_test = features(encoder, train.images), features(encoder, test.images)
-    for protocol in plan.protocols:
-        fractions = plan.fine_tune_fractions if protocol == "fine_tune" else plan.fractions
-        seeds = plan.fine_tune_seeds if protocol == "fine_tune" else plan.seeds
-        for fraction in fractions:
-            scores = []
-            for seed in seeds:
-                idx = label_subset(train.labels, fraction, seed)
-                if protocol == "linear_probe":
-                    probs = linear_probe(f_train[idx], train.labels[idx], f_test, k, seed)
-                elif protocol == "knn":
-                    probs = knn(f_train[idx], train.labels[idx], f_test, k,
-                                k=min(20, max(1, len(idx) // 2)))
-                else:
-                    probs = fine_tune(encoder, train.images[idx], train.labels[idx], val.images,
-                                      val.labels, test.images, k,
-                                      FineTuneConfig(epochs=plan.fine_tune_epochs, seed=seed))
-                scores.append(medmnist_metrics(probs, test.labels))
-            for metric in ("auc", "acc"):
-                values = [s[metric] for s in scores]
-                results.append({
-                    "dataset": ds.name, "protocol": f"{label}{protocol}",
-                    "label_fraction": fraction, "metric": metric.upper(),
-                    "value": round(statistics.fmean(values), 4),
-                    "spread": round(statistics.stdev(values), 4) if len(values) > 1 else None,
-                    "seeds": seeds, "split": "test"})
-            log(f"  {label}{protocol:12s} {fraction:>5.0%} AUC "
-                f"{results[-2]['value']:.3f} ACC {results[-1]['value']:.3f}")
-    return results
+    arms = {"ssl": ssl, "random_init": inits} if ssl else {"random_init": inits}
+    rows = evaluate_v2(arms, ds.splits["train"], ds.splits["val"],
+                       lambda: ds.splits["test"], ds.num_classes, ds.name, plan.protocol(), log)
+    for row in rows:
+        vs = row.get("vs_random_init")
+        gap = (f" SSL-init [{vs['diff_lo']:+.3f}, {vs['diff_hi']:+.3f}]" if vs else "")
+        log(f"  {row['arm']:>11s} {row['protocol']:12s} {row['label_fraction']:>5.0%} AUC "
+            f"{row['auc']:.3f}±{row['auc_sd'] or 0:.3f} ACC {row['acc']:.3f} (majority "
+            f"{row['majority_rate']:.3f}){gap}")
+    return card_rows(rows, replicates)
+
+
+def random_inits(recipe: Recipe, ds: Dataset, seeds: list[int]) -> list[torch.nn.Module]:
+    arch = recipe.architecture
+    out = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        out.append(build_encoder(arch["name"], ds.spatial_dims, ds.channels, ds.image_size,
+                                 dict(arch.get("args", {}))).eval())
+    return out
+
+
+def pretrain_replicates(recipe: Recipe, ds: Dataset, plan: Plan, cfg: TrainConfig,
+                        seeds: list[int], log: Callable[[str], None] = print,
+                        metrics_path: Path | None = None,
+                        on_step: Callable[[int, int, torch.Tensor], None] | None = None,
+                        on_epoch: Callable[[dict[str, Any]], None] | None = None,
+                        ) -> tuple[list[torch.nn.Module], list[float], list[dict[str, Any]]]:
+    """One pretraining run per seed (the seed fixes the initial weights and the views);
+    returns the encoders, seconds per run and the first run's per-epoch history, which is
+    the one `metrics_path` records."""
+    args = dict(recipe.architecture.get("args", {}))
+    encoders, seconds, history = [], [], []
+    for i, seed in enumerate(seeds):
+        if len(seeds) > 1:
+            log(f"  pretraining seed {seed} ({i + 1} of {len(seeds)})")
+        torch.manual_seed(seed)
+        encoder = build_encoder(recipe.architecture["name"], ds.spatial_dims, ds.channels,
+                                ds.image_size, args)
+        objective = build_objective(recipe.method, encoder, **plan.hyperparameters)
+        started = time.perf_counter()
+        run = pretrain(objective, ds.splits["train"].images, plan.policy,
+                       replace(cfg, seed=seed), groups=ds.splits["train"].groups,
+                       metrics_path=metrics_path if i == 0 else None, on_epoch=on_epoch,
+                       on_step=on_step)
+        seconds.append(round(time.perf_counter() - started, 1))
+        history = history or run
+        encoders.append(objective.encoder.cpu().float().eval())
+    return encoders, seconds, history
 
 
 def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = None,
@@ -179,7 +199,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
     """Train, evaluate and save one encoder; returns the folder with card and weights.
     `dataset` (already loaded, e.g. a user's upload) replaces the recipe's named one;
     `eval_dataset` (labelled) is evaluated on instead of it, as an unlabelled one must be."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ds = dataset or load_dataset(recipe.dataset, data_dir)
     plan = plan_from_rules(recipe, ds.channels)
@@ -187,30 +207,23 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
         f", recommended rank {plan.recommended_rank}, hyperparameters {plan.hyperparameters}, "
         f"augmentations {sorted(plan.policy.ops)}")
     cfg = TrainConfig(**recipe.train)
-    torch.manual_seed(cfg.seed)
+    seeds = recipe.evaluate.pretrain_seeds or [cfg.seed]
     args = dict(recipe.architecture.get("args", {}))
-    encoder = build_encoder(recipe.architecture["name"], ds.spatial_dims, ds.channels,
-                            ds.image_size, args)
-    objective = build_objective(recipe.method, encoder, **plan.hyperparameters)
     out = Path(out_dir or SEED_DIR) / recipe.name
     out.mkdir(parents=True, exist_ok=True)
     metrics_path = out / "metrics.jsonl"
     metrics_path.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    history = pretrain(objective, ds.splits["train"].images, plan.policy, cfg,
-                       groups=ds.splits["train"].groups, metrics_path=metrics_path,
-                       on_epoch=lambda r: (log(f"  epoch {r['epoch']:3d} loss {r['loss']:.4f} "
-                                               f"{r['images_per_s']:.0f} img/s"),
-                                           on_epoch and on_epoch(r)),
-                       on_step=on_step)
-    train_s = time.perf_counter() - t0
-    encoder = objective.encoder.cpu().float().eval()
+    encoders, seconds, history = pretrain_replicates(
+        recipe, ds, plan, cfg, seeds, log=log, metrics_path=metrics_path, on_step=on_step,
+        on_epoch=lambda r: (log(f"  epoch {r['epoch']:3d} loss {r['loss']:.4f} "
+                                f"{r['images_per_s']:.0f} img/s"), on_epoch and on_epoch(r)))
+    train_s = seconds[0]
+    encoder = encoders[0]
     scored = eval_dataset or ds
-    evaluations = evaluate_encoder(encoder, scored, recipe.evaluate, "", log)
-    torch.manual_seed(cfg.seed)
-    random_init = build_encoder(recipe.architecture["name"], ds.spatial_dims, ds.channels,
-                                ds.image_size, args).eval()
-    evaluations += evaluate_encoder(random_init, scored, recipe.evaluate, "random_init_", log)
+    evaluations = evaluate(encoders, random_inits(recipe, ds, recipe.evaluate.inits), scored,
+                           recipe.evaluate, {"ssl": seeds,
+                                             "random_init": recipe.evaluate.inits}, log)
     info = ds.info
     card = EncoderCard(
         name=recipe.name,
@@ -221,23 +234,28 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
         pretext={"method_id": recipe.method, "family": plan.family,
                  "hyperparameters": {**plan.hyperparameters,
                                      "augmentations": sorted(plan.policy.ops),
-                                     "train": {**cfg.__dict__, "seconds": round(train_s, 1),
+                                     "train": {**cfg.__dict__, "seed": seeds[0],
+                                               "device": history[-1]["device"],
+                                               "seconds": train_s,
                                                "final_loss": history[-1]["loss"]}}},
         pretraining_data={"name": ds.name, "licence": info.get("licence", "not stated"),
                           "split": "train", "images": len(ds.splits["train"]),
                           "citation": info.get("citation")},
         weights_licence="CC-BY-4.0",
         evaluation=evaluations,
+        evaluation_protocol=recipe.evaluate.protocol().describe() if evaluations else None,
         description=recipe.description or (
             f"{recipe.method} on {ds.name}, trained by `taskalign zoo build` in "
             f"{train_s / 60:.1f} min ({history[-1]['device']}). Evaluations use the official "
             "test split; random_init rows are the same architecture untrained, same run."),
-        lineage={"recipe": recipe.name, "notes": plan.notes},
+        lineage={"recipe": recipe.name, "notes": plan.notes, "pretrain_seeds": seeds,
+                 "pretrain_seconds": seconds, "shipped_seed": seeds[0]},
     )
     state = {k: v.half().contiguous() if v.is_floating_point() else v.contiguous()
              for k, v in encoder.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"))
-    (out / "card.json").write_text(card.model_dump_json(indent=2) + "\n")
+    write_atomic(out / "model.safetensors", save(state))
+    write_atomic(out / "card.json", (card.model_dump_json(indent=2) + "\n").encode())
+    pin_folder(out)
     log(f"saved {out} ({(out / 'model.safetensors').stat().st_size / 1e6:.1f} MB) "
         f"in {(time.perf_counter() - t0) / 60:.1f} min")
     return out
@@ -249,6 +267,48 @@ def seed_folders(root: Path | None = None) -> list[Path]:
                   and (p / "model.safetensors").exists()) if root.exists() else []
 
 
+# Every shipped seed file's sha256, kept beside them (`<sha256>  <folder>/<file>`, the
+# format `sha256sum -c` reads). Start-up registers a seed only when its card and weights
+# match; the ONNX graph, README and config.json are generated from them at registration.
+PINS = "SHA256SUMS"
+PINNED_FILES = ("card.json", "model.safetensors", "metrics.jsonl")
+
+
+def read_pins(root: Path) -> dict[str, str]:
+    path = root / PINS
+    if not path.exists():
+        return {}
+    pins = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(maxsplit=1)
+            pins[name.strip()] = digest
+    return pins
+
+
+def pin_folder(folder: Path) -> None:
+    """Record the sha256 of a (re)built seed folder's files in its parent's SHA256SUMS."""
+    root = folder.parent
+    pins = {k: v for k, v in read_pins(root).items()
+            if not k.startswith(f"{folder.name}/")}
+    for name in PINNED_FILES:
+        if (folder / name).exists():
+            pins[f"{folder.name}/{name}"] = sha256_file(folder / name)
+    write_atomic(root / PINS, "".join(f"{d}  {n}\n" for n, d in sorted(pins.items())).encode())
+
+
+def pin_mismatches(folder: Path, pins: dict[str, str]) -> list[str]:
+    """Files of a seed folder that are not pinned or differ from their pin."""
+    bad = []
+    for name in ("card.json", "model.safetensors"):
+        key = f"{folder.name}/{name}"
+        if key not in pins:
+            bad.append(f"{key} is not pinned in {PINS}")
+        elif sha256_file(folder / name) != pins[key]:
+            bad.append(f"{key} does not match its pinned sha256")
+    return bad
+
+
 def register_seed_zoo(registry: Any, root: Path | None = None,
                       log: Callable[[str], None] = print) -> list[str]:
     """Register every shipped seed encoder the registry does not have yet."""
@@ -257,7 +317,13 @@ def register_seed_zoo(registry: Any, root: Path | None = None,
 
     added = []
     known = set(registry.names(SYSTEM))
-    for folder in seed_folders(root):
+    folders = seed_folders(root)
+    pins = read_pins(folders[0].parent) if folders else {}
+    for folder in folders:
+        bad = pin_mismatches(folder, pins)
+        if bad:
+            log(f"seed encoder {folder.name} refused: {'; '.join(bad)}")
+            continue
         card = json.loads((folder / "card.json").read_text())
         repo = repo_id(ORG, card["name"])
         if repo in known:

@@ -106,6 +106,36 @@ class ProtocolV2:
     protocols: list[str] = field(default_factory=lambda: ["linear_probe", "knn"])
     bootstrap: int = 1000
     fine_tune_epochs: int = 10
+    fine_tune_fractions: list[float] | None = None  # None: the same as `fractions`
+
+    def fractions_for(self, protocol: str) -> list[float]:
+        if protocol == "fine_tune" and self.fine_tune_fractions is not None:
+            return self.fine_tune_fractions
+        return self.fractions
+
+    def describe(self) -> dict[str, Any]:
+        """The protocol as a card states it: what was tuned, on what, and what the spread
+        and intervals mean."""
+        return {
+            "version": 2,
+            "label_subsets": "stratified: the fraction of each class, at least one per "
+                             f"class; subset seeds {self.subset_seeds}",
+            "tuning": "on a validation subset with the same label fraction (at least one "
+                      "per class), drawn with seed + 1000; the test split is opened once, "
+                      "after every choice",
+            "linear_probe": {"weight_decay_grid": list(PROBE_PENALTIES),
+                             "criterion": "validation AUC; ties go to the stronger penalty"},
+            "knn": {"k_grid": list(KNN_KS), "criterion": "validation AUC, k capped at the "
+                    "subset size"},
+            "fine_tune": {"epochs": self.fine_tune_epochs,
+                          "checkpoint": "best validation AUC on the scaled subset"},
+            "spread": "sample s.d. over replicates (pretraining seeds or random inits) x "
+                      "label subsets",
+            "interval": f"paired bootstrap over test images ({self.bootstrap} resamples, "
+                        "percentile 95 %) of mean AUC(SSL) - mean AUC(random inits), and of "
+                        "mean AUC(SSL) - the best random init",
+            "metrics": ["AUC", "ACC", "BALANCED_ACC"],
+        }
 
 
 def fit_fine_tune(encoder: torch.nn.Module, train: Split, idx: torch.Tensor, val: Split,
@@ -134,7 +164,7 @@ def fit_all(encoders: dict[str, list[torch.nn.Module]], train: Split, val: Split
         for rep, encoder in enumerate(replicates):
             f_train, f_val = features(encoder, train.images), features(encoder, val.images)
             for protocol in plan.protocols:
-                for fraction in plan.fractions:
+                for fraction in plan.fractions_for(protocol):
                     for seed in plan.subset_seeds:
                         idx = label_subset(train.labels, fraction, seed)
                         vidx = val_subset(val.labels, fraction, seed)
@@ -149,11 +179,12 @@ def fit_all(encoders: dict[str, list[torch.nn.Module]], train: Split, val: Split
                                 encoder, train, idx, val, vidx, classes, seed,
                                 plan.fine_tune_epochs)
                         fits.append(Fitted(label, protocol, fraction, seed,
-                                           {**chosen, "replicate": rep,
+                                           {**chosen, "replicate": rep, "subset_seed": seed,
                                             "val_images": len(vidx)}, score, predict,
                                            on_images=protocol == "fine_tune"))
-            log(f"  fitted {label} #{rep}: {len(plan.protocols) * len(plan.fractions)} "
-                f"protocol x fraction cells, chosen on validation")
+            cells = sum(len(plan.fractions_for(p)) for p in plan.protocols)
+            log(f"  fitted {label} #{rep}: {cells} protocol x fraction cells, chosen on "
+                "validation")
     return fits
 
 
@@ -226,3 +257,33 @@ def evaluate_v2(encoders: dict[str, list[torch.nn.Module]], train: Split, val: S
     plan = plan or ProtocolV2()
     fits = fit_all(encoders, train, val, classes, plan, log)
     return score_all(fits, encoders, open_test(), dataset, plan)
+
+
+def card_rows(rows: list[dict[str, Any]], replicates: dict[str, list[int]],
+              baseline: str = "random_init") -> list[dict[str, Any]]:
+    """Protocol v2 results as encoder-card evaluation rows: one per arm, protocol, fraction
+    and metric; the baseline's protocols carry its prefix (random_init_linear_probe...)."""
+    out = []
+    for row in rows:
+        protocol = row["protocol"] if row["arm"] != baseline else f"{baseline}_{row['protocol']}"
+        chosen = row.get("chosen") or []
+        tuned_key = next((k for k in ("weight_decay", "k") if chosen and k in chosen[0]), None)
+        vs = row.get("vs_" + baseline)
+        for metric in ("auc", "acc", "balanced_acc"):
+            entry: dict[str, Any] = {
+                "dataset": row["dataset"], "protocol": protocol,
+                "label_fraction": row["label_fraction"], "metric": metric.upper(),
+                "value": row[metric], "spread": row[f"{metric}_sd"],
+                "seeds": sorted({c.get("subset_seed", 0) for c in chosen}) if chosen and
+                "subset_seed" in chosen[0] else [],
+                "replicates": replicates.get(row["arm"], []), "runs": row["runs"],
+                "split": row["split"], "protocol_version": 2,
+                "majority_rate": row["majority_rate"]}
+            if tuned_key:
+                entry["tuned"] = {"name": tuned_key, "grid": row.get("grid"),
+                                  "chosen": [c[tuned_key] for c in chosen]}
+            if vs and metric == "auc":
+                entry["difference_ci95"] = (vs["diff_lo"], vs["diff_hi"])
+                entry["difference_vs_best_ci95"] = (vs["vs_best_lo"], vs["vs_best_hi"])
+            out.append(entry)
+    return out
