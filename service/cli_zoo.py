@@ -192,6 +192,28 @@ def push(name: str, repo: Annotated[str, typer.Option(help="ORG/REPO on the Hub.
 
 
 @app.command()
+def report(out: Annotated[Path, typer.Option(help="Where the write-up goes.")]
+           = Path("docs/seed-zoo-evidence.md"),
+           seed: Annotated[Path | None, typer.Option(help="Seed folder (default zoo/seed).")]
+           = None,
+           check: Annotated[bool, typer.Option(help="Only say whether `out` is current; "
+                                                    "exit 1 when it is not.")] = False,
+           ) -> None:
+    """Write the seed zoo's evidence from its cards: every metric, interval and verdict."""
+    from zoo.evidence_report import load_cards, render
+    from zoo.storage import write_atomic
+    from zoo.training.build import SEED_DIR
+
+    text = render(load_cards(seed or SEED_DIR))
+    if check:
+        current = out.exists() and out.read_text() == text
+        console.print(f"{out} is {'current' if current else 'stale: run taskalign zoo report'}")
+        raise typer.Exit(0 if current else 1)
+    write_atomic(out, text.encode())
+    console.print(f"wrote {out}")
+
+
+@app.command()
 def build(recipes: Annotated[list[str] | None, typer.Argument(
               help="Recipe names (zoo/training/recipes/*.yaml); all when none given.")] = None,
           out: Annotated[Path | None, typer.Option(help="Output folder (default zoo/seed).")]
