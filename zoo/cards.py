@@ -86,6 +86,8 @@ class Evaluation(BaseModel):
         "mean AUC minus the random inits' mean AUC.")
     difference_vs_best_ci95: tuple[float, float] | None = Field(
         None, description="The same against the best single random init.")
+    test_noise: str | None = Field(None, description="Set on robustness rows: the noise "
+                                   "added to the test images (kind:sigma), probes unchanged.")
 
 
 class TaskHead(BaseModel):

@@ -32,14 +32,15 @@ def load_cards(root: Path) -> list[EncoderCard]:
 
 def comparisons(card: EncoderCard) -> list[dict[str, Any]]:
     """The SSL AUC rows of a v2 card with their random-init counterparts."""
-    rows = {(e.protocol, e.label_fraction, e.metric): e for e in card.evaluation}
+    rows = {(e.protocol, e.label_fraction, e.metric, e.test_noise): e for e in card.evaluation}
     out = []
     for e in card.evaluation:
         if e.protocol_version != 2 or e.metric != "AUC" or e.protocol.startswith("random_init"):
             continue
-        base = rows.get((f"random_init_{e.protocol}", e.label_fraction, "AUC"))
-        acc = rows.get((e.protocol, e.label_fraction, "ACC"))
+        base = rows.get((f"random_init_{e.protocol}", e.label_fraction, "AUC", e.test_noise))
+        acc = rows.get((e.protocol, e.label_fraction, "ACC", e.test_noise))
         out.append({"protocol": e.protocol, "fraction": e.label_fraction, "ssl": e,
+                    "noise": e.test_noise,
                     "base": base, "acc": acc,
                     "vs_mean": verdict(e.difference_ci95),
                     "vs_best": verdict(e.difference_vs_best_ci95)})
@@ -52,7 +53,7 @@ def goal_datasets(cards: list[EncoderCard]) -> dict[str, list[str]]:
     met: dict[str, list[str]] = {}
     for card in cards:
         for c in comparisons(card):
-            if c["fraction"] == GOAL_FRACTION and c["vs_best"] == "gain":
+            if c["fraction"] == GOAL_FRACTION and c["vs_best"] == "gain" and not c["noise"]:
                 met.setdefault(c["ssl"].dataset, []).append(f"{card.name} ({c['protocol']})")
     return met
 
@@ -98,6 +99,8 @@ def render(cards: list[EncoderCard]) -> str:
     ]
     for card in v2:
         for c in comparisons(card):
+            if c["noise"]:
+                continue
             e, b, acc = c["ssl"], c["base"], c["acc"]
             acc_text = (f"{acc.value:.3f} ({acc.majority_rate:.3f})" if acc is not None
                         and acc.majority_rate is not None else "-")

@@ -375,7 +375,8 @@ def evaluation_v2(card: StoredCard) -> list[str]:
             chosen = sorted({str(v) for v in e.tuned.get("chosen", [])})
             tuned = f"{e.tuned['name']} in {e.tuned.get('grid')}: {', '.join(chosen)}"
         majority = f"{e.majority_rate:.3f}" if e.majority_rate is not None else "-"
-        lines.append(f"| {e.dataset} | {e.protocol} | {e.label_fraction:.0%} | {e.metric} "
+        protocol = f"{e.protocol} ({e.test_noise} noise)" if e.test_noise else e.protocol
+        lines.append(f"| {e.dataset} | {protocol} | {e.label_fraction:.0%} | {e.metric} "
                      f"| {e.value:.3f}{spread} | {e.runs or '-'} | {majority} "
                      f"| {_interval(e.difference_ci95)} | {_interval(e.difference_vs_best_ci95)} "
                      f"| {tuned} |")

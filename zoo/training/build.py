@@ -28,7 +28,7 @@ from zoo.storage import sha256_file, write_atomic
 
 from .augment import Policy
 from .pretext.registry import OBJECTIVES, build_objective
-from .protocol import ProtocolV2, card_rows, evaluate_v2
+from .protocol import ProtocolV2, card_rows, evaluate_v2, parse_noise
 from .train import TrainConfig, pretrain
 
 RECIPES_DIR = Path(__file__).with_name("recipes")
@@ -50,12 +50,23 @@ class EvalPlan(BaseModel):
                           "None: the recipe's own train seed only.")
     inits: list[int] = Field([0, 1, 2], description="Random-init baselines, one per seed.")
     bootstrap: int = Field(1000, ge=100, le=10000)
+    test_noise: list[str] = Field(default_factory=list, description="Robustness rows: the "
+                                  "probes scored again on noisy test images, e.g. "
+                                  "gaussian:0.1, speckle:0.2.")
+
+    @field_validator("test_noise")
+    @classmethod
+    def _noise(cls, value: list[str]) -> list[str]:
+        for noise in value:
+            parse_noise(noise)
+        return value
 
     def protocol(self) -> ProtocolV2:
         return ProtocolV2(fractions=self.fractions, subset_seeds=self.seeds,
                           protocols=self.protocols, bootstrap=self.bootstrap,
                           fine_tune_epochs=self.fine_tune_epochs,
-                          fine_tune_fractions=self.fine_tune_fractions)
+                          fine_tune_fractions=self.fine_tune_fractions,
+                          test_noise=self.test_noise)
 
 
 class Recipe(BaseModel):
@@ -72,6 +83,8 @@ class Recipe(BaseModel):
     train: dict[str, Any] = Field(default_factory=dict)
     evaluate: EvalPlan = Field(default_factory=EvalPlan)
     description: str = ""
+    weights_licence: str = Field("CC-BY-4.0", description="Follows the pretraining data's "
+                                 "terms, e.g. CC-BY-NC-4.0 for weights trained on NC images.")
 
     @field_validator("architecture", mode="before")
     @classmethod
@@ -241,7 +254,7 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
         pretraining_data={"name": ds.name, "licence": info.get("licence", "not stated"),
                           "split": "train", "images": len(ds.splits["train"]),
                           "citation": info.get("citation")},
-        weights_licence="CC-BY-4.0",
+        weights_licence=recipe.weights_licence,
         evaluation=evaluations,
         evaluation_protocol=recipe.evaluate.protocol().describe() if evaluations else None,
         description=recipe.description or (

@@ -107,6 +107,7 @@ class ProtocolV2:
     bootstrap: int = 1000
     fine_tune_epochs: int = 10
     fine_tune_fractions: list[float] | None = None  # None: the same as `fractions`
+    test_noise: list[str] = field(default_factory=list)  # e.g. ["gaussian:0.1"]
 
     def fractions_for(self, protocol: str) -> list[float]:
         if protocol == "fine_tune" and self.fine_tune_fractions is not None:
@@ -135,6 +136,9 @@ class ProtocolV2:
                         "percentile 95 %) of mean AUC(SSL) - mean AUC(random inits), and of "
                         "mean AUC(SSL) - the best random init",
             "metrics": ["AUC", "ACC", "BALANCED_ACC"],
+            **({"test_noise": "the same fitted probes scored on test images with noise "
+                              f"added ({', '.join(self.test_noise)}; zoo.training.protocol"
+                              ".corrupt, seed 0)"} if self.test_noise else {}),
         }
 
 
@@ -213,21 +217,60 @@ def paired_bootstrap(ssl: list[torch.Tensor], base: list[torch.Tensor], labels: 
             "vs_best_lo": round(lo_b, 4), "vs_best_hi": round(hi_b, 4)}
 
 
+def corrupt(images: torch.Tensor, noise: str, seed: int = 0) -> torch.Tensor:
+    """Test images with noise added, for robustness rows: `gaussian:<sigma>` adds
+    N(0, sigma) to intensities in [0, 1]; `speckle:<sigma>` multiplies them by 1 + N(0,
+    sigma), the multiplicative noise of ultrasound and coherent imaging. Seeded, uint8."""
+    kind, sigma = parse_noise(noise)
+    gen = torch.Generator().manual_seed(seed)
+    x = images.float() / 255.0
+    n = torch.randn(x.shape, generator=gen) * sigma
+    x = x + n if kind == "gaussian" else x * (1 + n)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+NOISE_KINDS = ("gaussian", "speckle")
+
+
+def parse_noise(noise: str) -> tuple[str, float]:
+    kind, _, level = noise.partition(":")
+    try:
+        sigma = float(level)
+    except ValueError:
+        raise ValueError(f"noise {noise!r}: give kind:sigma, e.g. gaussian:0.1") from None
+    if kind not in NOISE_KINDS or not 0 < sigma <= 1:
+        raise ValueError(f"noise {noise!r}: kind is one of {', '.join(NOISE_KINDS)}, sigma "
+                         "in (0, 1]")
+    return kind, sigma
+
+
 def score_all(fits: list[Fitted], encoders: dict[str, list[torch.nn.Module]], test: Split,
               dataset: str, plan: ProtocolV2, baseline: str = "random_init"
               ) -> list[dict[str, Any]]:
     """Phase 2: the test split, once. Mean and s.d. over replicates x label subsets for
-    every metric, and the paired bootstrap of each arm against `baseline`."""
-    f_test = {(label, rep): features(enc, test.images)
+    every metric, and the paired bootstrap of each arm against `baseline`; then the same
+    fitted probes on the test images with each of `plan.test_noise` added."""
+    rows = _score(fits, encoders, test.images, test.labels, dataset, plan, baseline)
+    for noise in plan.test_noise:
+        rows += [{**row, "test_noise": noise} for row in _score(
+            fits, encoders, corrupt(test.images, noise), test.labels, dataset, plan,
+            baseline)]
+    return rows
+
+
+def _score(fits: list[Fitted], encoders: dict[str, list[torch.nn.Module]],
+           images: torch.Tensor, labels: torch.Tensor, dataset: str, plan: ProtocolV2,
+           baseline: str) -> list[dict[str, Any]]:
+    f_test = {(label, rep): features(enc, images)
               for label, reps in encoders.items() for rep, enc in enumerate(reps)}
-    probs = {id(f): f.predict(test.images if f.on_images
+    probs = {id(f): f.predict(images if f.on_images
                               else f_test[(f.label, f.chosen["replicate"])]) for f in fits}
     rows: list[dict[str, Any]] = []
     cells: dict[tuple[str, str, float], list[Fitted]] = {}
     for f in fits:
         cells.setdefault((f.label, f.protocol, f.fraction), []).append(f)
     for (label, protocol, fraction), group in cells.items():
-        scores = [classification_metrics(probs[id(f)], test.labels) for f in group]
+        scores = [classification_metrics(probs[id(f)], labels) for f in group]
         row: dict[str, Any] = {
             "dataset": dataset, "arm": label, "protocol": protocol,
             "label_fraction": fraction, "runs": len(group), "split": "test",
@@ -242,7 +285,7 @@ def score_all(fits: list[Fitted], encoders: dict[str, list[torch.nn.Module]], te
         if label != baseline and (baseline, protocol, fraction) in cells:
             base = cells[(baseline, protocol, fraction)]
             row["vs_" + baseline] = paired_bootstrap(
-                [probs[id(f)] for f in group], [probs[id(f)] for f in base], test.labels,
+                [probs[id(f)] for f in group], [probs[id(f)] for f in base], labels,
                 plan.bootstrap)
         rows.append(row)
     return rows
@@ -279,6 +322,8 @@ def card_rows(rows: list[dict[str, Any]], replicates: dict[str, list[int]],
                 "replicates": replicates.get(row["arm"], []), "runs": row["runs"],
                 "split": row["split"], "protocol_version": 2,
                 "majority_rate": row["majority_rate"]}
+            if row.get("test_noise"):
+                entry["test_noise"] = row["test_noise"]
             if tuned_key:
                 entry["tuned"] = {"name": tuned_key, "grid": row.get("grid"),
                                   "chosen": [c[tuned_key] for c in chosen]}

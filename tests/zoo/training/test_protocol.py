@@ -86,3 +86,33 @@ def test_paired_bootstrap_separates_a_real_gap_from_none(breast: Dataset) -> Non
     other = [torch.rand(len(labels), 2, generator=gen) for _ in range(3)]
     same = paired_bootstrap(noise, other, labels, n=200)  # two arms of chance predictors
     assert same["diff_lo"] < 0 < same["diff_hi"]
+
+
+def test_noise_rows_score_the_same_probes_on_corrupted_test_images(breast: Dataset) -> None:
+    from zoo.training.protocol import corrupt
+
+    images = breast.splits["test"].images
+    noisy = corrupt(images, "speckle:0.3")
+    assert noisy.dtype == torch.uint8 and noisy.shape == images.shape
+    assert torch.equal(noisy, corrupt(images, "speckle:0.3"))  # seeded
+    assert not torch.equal(noisy, images)
+    # speckle is multiplicative: black stays black; gaussian noise lifts it
+    dark = images == 0
+    assert bool((noisy[dark] == 0).all())
+    assert bool((corrupt(images, "gaussian:0.3")[dark] > 0).any())
+    for bad in ("salt:0.1", "gaussian", "gaussian:2"):
+        with pytest.raises(ValueError, match="noise"):
+            corrupt(images, bad)
+
+    plan = ProtocolV2(fractions=[1.0], subset_seeds=[0], protocols=["linear_probe"],
+                      bootstrap=50, test_noise=["gaussian:0.5"])
+    rows = evaluate_v2({"ssl": [encoder(10)], "random_init": [encoder(0)]},
+                       breast.splits["train"], breast.splits["val"],
+                       lambda: breast.splits["test"], 2, "breastmnist", plan,
+                       log=lambda _: None)
+    clean = [r for r in rows if "test_noise" not in r]
+    noisy_rows = [r for r in rows if r.get("test_noise") == "gaussian:0.5"]
+    assert len(clean) == len(noisy_rows) == 2
+    # the same fitted probes: the choices are identical, the scores are not
+    assert [r["chosen"] for r in clean] == [r["chosen"] for r in noisy_rows]
+    assert [r["auc"] for r in clean] != [r["auc"] for r in noisy_rows]
