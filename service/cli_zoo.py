@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -213,12 +214,45 @@ def report(out: Annotated[Path, typer.Option(help="Where the write-up goes.")]
     console.print(f"wrote {out}")
 
 
+def _compare_with_seed(built: list[Path], tolerance: float) -> None:
+    import shutil
+
+    from zoo.training.build import SEED_DIR, card_differences
+
+    failed = False
+    for folder in built:
+        shipped = SEED_DIR / folder.name / "card.json"
+        if not shipped.exists():
+            console.print(f"{folder.name}: no shipped card to compare with")
+            failed = True
+            continue
+        diffs = card_differences(json.loads(shipped.read_text()),
+                                 json.loads((folder / "card.json").read_text()), tolerance)
+        if diffs:
+            failed = True
+            console.print(f"[red]{folder.name}: {len(diffs)} difference(s)[/red]")
+            for line in diffs[:20]:
+                console.print(f"  {line}")
+        else:
+            console.print(f"{folder.name}: every evaluation row reproduces "
+                          f"(tolerance {tolerance:g})")
+    if built:
+        shutil.rmtree(built[0].parent, ignore_errors=True)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def build(recipes: Annotated[list[str] | None, typer.Argument(
               help="Recipe names (zoo/training/recipes/*.yaml); all when none given.")] = None,
           out: Annotated[Path | None, typer.Option(help="Output folder (default zoo/seed).")]
           = None,
-          register: Annotated[bool, typer.Option(help="Register in the local zoo.")] = True
+          register: Annotated[bool, typer.Option(help="Register in the local zoo.")] = True,
+          check: Annotated[bool, typer.Option(help="Rebuild into a temporary folder and "
+                                                   "compare with the shipped seed cards; "
+                                                   "exit 1 on any difference.")] = False,
+          tolerance: Annotated[float, typer.Option(help="With --check: largest difference "
+                                                        "accepted.")] = 0.0,
           ) -> None:
     """Pretrain, evaluate and register encoders from recipes (progress shown per epoch)."""
     from zoo.local import local_registry
@@ -234,6 +268,10 @@ def build(recipes: Annotated[list[str] | None, typer.Argument(
     except ValueError as e:
         err.print(f"[red]error[/red] {e}")
         raise typer.Exit(2) from None
+    if check:
+        import tempfile
+
+        out, register = Path(tempfile.mkdtemp(prefix="taskalign-check-")), False
     built = []
     for _, recipe in selected:
         if recipe.profile.get("task") == "segmentation":
@@ -252,6 +290,8 @@ def build(recipes: Annotated[list[str] | None, typer.Argument(
                 progress.update(task, completed=done, total=total)
 
             built.append(build_one(recipe, out, log=progress.console.print, on_step=step))
+    if check:
+        _compare_with_seed(built, tolerance)
     if register:
         settings = get_settings()
         engine = make_engine(settings)

@@ -274,6 +274,37 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
     return out
 
 
+COMPARED_FIELDS = ("value", "spread", "majority_rate", "difference_ci95",
+                   "difference_vs_best_ci95")
+
+
+def card_differences(shipped: dict[str, Any], rebuilt: dict[str, Any],
+                     tolerance: float = 0.0) -> list[str]:
+    """Where a rebuilt card's evaluation differs from the shipped one by more than
+    `tolerance` (rows missing on either side included): empty when it reproduces."""
+
+    def key(e: dict[str, Any]) -> tuple[Any, ...]:
+        return e["protocol"], e["label_fraction"], e["metric"], e.get("test_noise")
+
+    def close(x: Any, y: Any) -> bool:
+        if x is None or y is None:
+            return x is None and y is None
+        if isinstance(x, list | tuple):
+            return len(x) == len(y) and all(close(a, b) for a, b in zip(x, y, strict=True))
+        return abs(x - y) <= tolerance
+
+    a = {key(e): e for e in shipped.get("evaluation", [])}
+    b = {key(e): e for e in rebuilt.get("evaluation", [])}
+    out = []
+    for k in sorted(a.keys() | b.keys(), key=str):
+        if k not in a or k not in b:
+            out.append(f"{k}: only in the {'rebuilt' if k in b else 'shipped'} card")
+            continue
+        out += [f"{k} {f}: shipped {a[k].get(f)}, rebuilt {b[k].get(f)}"
+                for f in COMPARED_FIELDS if not close(a[k].get(f), b[k].get(f))]
+    return out
+
+
 def seed_folders(root: Path | None = None) -> list[Path]:
     root = root or SEED_DIR
     return sorted(p for p in root.iterdir() if (p / "card.json").exists()

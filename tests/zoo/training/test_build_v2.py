@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from zoo.training.build import PINS, build, load_recipes, read_pins
+from zoo.training.build import PINS, build, card_differences, load_recipes, read_pins
 
 
 def tiny_recipe():  # noqa: ANN201
@@ -26,6 +26,14 @@ def test_build_is_reproducible_and_reports_protocol_v2(tmp_path: Path) -> None:
     card = json.loads((first / "card.json").read_text())
     again = json.loads((second / "card.json").read_text())
     assert card["evaluation"] == again["evaluation"]
+    assert card_differences(card, again) == []  # what `zoo build --check` reports
+    moved = json.loads(json.dumps(again))
+    moved["evaluation"][0]["value"] += 0.01
+    moved["evaluation"].pop()
+    diffs = card_differences(card, moved)
+    assert len(diffs) == 2 and "value: shipped" in diffs[0] + diffs[1]
+    assert any("only in the shipped card" in d for d in diffs)
+    assert len(card_differences(card, moved, tolerance=0.02)) == 1
     assert (first / "model.safetensors").read_bytes() == (second / "model.safetensors").read_bytes()
 
     rows = card["evaluation"]
