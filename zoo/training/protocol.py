@@ -96,7 +96,8 @@ def fit_knn(f_train: torch.Tensor, y_train: torch.Tensor, f_val: torch.Tensor,
     scored = [(_auc(knn(f_train, y_train, f_val, classes, k=k), y_val), -k) for k in usable]
     score, neg_k = max(scored)
     k = -neg_k
-    return (lambda x: knn(f_train, y_train, x, classes, k=k)), {"k": k, "grid": list(ks)}, score
+    # the grid as searched: k values above the subset size are capped at it
+    return (lambda x: knn(f_train, y_train, x, classes, k=k)), {"k": k, "grid": usable}, score
 
 
 @dataclass
@@ -134,7 +135,8 @@ class ProtocolV2:
                       "label subsets",
             "interval": f"paired bootstrap over test images ({self.bootstrap} resamples, "
                         "percentile 95 %) of mean AUC(SSL) - mean AUC(random inits), and of "
-                        "mean AUC(SSL) - the best random init",
+                        "mean AUC(SSL) - the best random init (each init averaged over its "
+                        "label subsets)",
             "metrics": ["AUC", "ACC", "BALANCED_ACC"],
             **({"test_noise": "the same fitted probes scored on test images with noise "
                               f"added ({', '.join(self.test_noise)}; zoo.training.protocol"
@@ -193,23 +195,34 @@ def fit_all(encoders: dict[str, list[torch.nn.Module]], train: Split, val: Split
 
 
 def paired_bootstrap(ssl: list[torch.Tensor], base: list[torch.Tensor], labels: torch.Tensor,
-                     n: int, seed: int = 0) -> dict[str, float]:
+                     n: int, seed: int = 0, base_replicates: Sequence[int] | None = None
+                     ) -> dict[str, float]:
     """95 % interval of mean AUC(SSL) - mean AUC(baseline), and of mean AUC(SSL) - the best
-    baseline replicate, resampling test images jointly for every run."""
+    baseline replicate (each random init's AUC averaged over its label subsets, then the
+    highest), resampling test images jointly for every run. `base_replicates` names the
+    replicate of each baseline run; without it every run is its own replicate. Resamples
+    holding a single class have no AUC and are skipped."""
+    groups = list(base_replicates) if base_replicates is not None else list(range(len(base)))
     gen = torch.Generator().manual_seed(seed)
     diffs, vs_best = [], []
     for _ in range(n):
         idx = torch.randint(len(labels), (len(labels),), generator=gen)
         y = labels[idx]
+        if len(torch.unique(y)) < 2:
+            continue
         a = [_auc(p[idx], y) for p in ssl]
         b = [_auc(p[idx], y) for p in base]
+        by_init: dict[int, list[float]] = {}
+        for g, value in zip(groups, b, strict=True):
+            by_init.setdefault(g, []).append(value)
         diffs.append(statistics.fmean(a) - statistics.fmean(b))
-        vs_best.append(statistics.fmean(a) - max(b))
+        vs_best.append(statistics.fmean(a) - max(statistics.fmean(v) for v in by_init.values()))
     diffs.sort()
     vs_best.sort()
 
     def ci(values: list[float]) -> tuple[float, float]:
-        return values[int(0.025 * n)], values[min(n - 1, int(0.975 * n))]
+        m = len(values)
+        return values[int(0.025 * m)], values[min(m - 1, int(0.975 * m))]
 
     lo, hi = ci(diffs)
     lo_b, hi_b = ci(vs_best)
@@ -286,7 +299,7 @@ def _score(fits: list[Fitted], encoders: dict[str, list[torch.nn.Module]],
             base = cells[(baseline, protocol, fraction)]
             row["vs_" + baseline] = paired_bootstrap(
                 [probs[id(f)] for f in group], [probs[id(f)] for f in base], labels,
-                plan.bootstrap)
+                plan.bootstrap, base_replicates=[f.chosen["replicate"] for f in base])
         rows.append(row)
     return rows
 

@@ -116,3 +116,18 @@ def test_noise_rows_score_the_same_probes_on_corrupted_test_images(breast: Datas
     # the same fitted probes: the choices are identical, the scores are not
     assert [r["chosen"] for r in clean] == [r["chosen"] for r in noisy_rows]
     assert [r["auc"] for r in clean] != [r["auc"] for r in noisy_rows]
+
+
+def test_best_init_is_the_best_replicate_averaged_over_its_subsets(breast: Dataset) -> None:
+    """One init with a lucky and an unlucky label subset is not 'the best init' on the
+    strength of its lucky run alone."""
+    labels = breast.splits["test"].labels
+    perfect = torch.nn.functional.one_hot(labels, 2).float()
+    wrong = 1 - perfect
+    middle = torch.full_like(perfect, 0.5)
+    # init 0: subsets scoring AUC 1 and 0 (mean 0.5); SSL: AUC 0.5 in both runs
+    grouped = paired_bootstrap([middle, middle], [perfect, wrong], labels, n=100,
+                               base_replicates=[0, 0])
+    per_run = paired_bootstrap([middle, middle], [perfect, wrong], labels, n=100)
+    assert grouped["vs_best_lo"] == grouped["vs_best_hi"] == 0.0
+    assert per_run["vs_best_hi"] == -0.5
