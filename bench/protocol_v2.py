@@ -30,7 +30,7 @@ from zoo.training.build import (  # noqa: E402
     pretrain_replicates,
     random_inits,
 )
-from zoo.training.protocol import ProtocolV2, evaluate_v2  # noqa: E402
+from zoo.training.protocol import evaluate_v2  # noqa: E402
 from zoo.training.train import TrainConfig  # noqa: E402
 
 
@@ -42,18 +42,23 @@ def smoke_cut(ds: Dataset, n: int) -> Dataset:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--recipes", nargs="+", required=True)
-    ap.add_argument("--pretrain-seeds", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--inits", nargs="+", type=int, default=[0, 1, 2])
-    ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.1, 1.0])
-    ap.add_argument("--subset-seeds", nargs="+", type=int, default=[0, 1, 2])
+    # Unset: the recipe's own `evaluate` plan (the one `taskalign zoo build` uses).
+    ap.add_argument("--pretrain-seeds", nargs="+", type=int, default=None)
+    ap.add_argument("--inits", nargs="+", type=int, default=None)
+    ap.add_argument("--fractions", nargs="+", type=float, default=None)
+    ap.add_argument("--subset-seeds", nargs="+", type=int, default=None)
     ap.add_argument("--max-steps", type=int, default=None, help="cap pretraining (smoke)")
     ap.add_argument("--smoke", action="store_true", help="200 images per split")
     ap.add_argument("--data-dir", type=Path, default=ROOT.parent / "shared" / "data")
     ap.add_argument("--out", type=Path, default=ROOT / "var" / "protocol_v2")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    plan = ProtocolV2(fractions=args.fractions, subset_seeds=args.subset_seeds)
     for _, recipe in load_recipes(args.recipes):
+        given = {"fractions": args.fractions, "seeds": args.subset_seeds,
+                 "pretrain_seeds": args.pretrain_seeds, "inits": args.inits}
+        evaluate = recipe.evaluate.model_copy(
+            update={k: v for k, v in given.items() if v is not None})
+        plan, pretrain_seeds = evaluate.protocol(), evaluate.pretrain_seeds or [0]
         ds = load_dataset(recipe.dataset, args.data_dir)
         if args.smoke:
             ds = smoke_cut(ds, 200)
@@ -61,16 +66,16 @@ def main() -> None:
         print(f"{recipe.name}: {recipe.method} on {ds.name}, hyperparameters "
               f"{steps.hyperparameters}, augmentations {sorted(steps.policy.ops)}", flush=True)
         config = TrainConfig(**{**recipe.train, "max_steps": args.max_steps})
-        ssl, seconds, _ = pretrain_replicates(recipe, ds, steps, config, args.pretrain_seeds,
+        ssl, seconds, _ = pretrain_replicates(recipe, ds, steps, config, pretrain_seeds,
                                               log=lambda line: print(line, flush=True))
-        inits = random_inits(recipe, ds, args.inits)
+        inits = random_inits(recipe, ds, evaluate.inits)
         rows = evaluate_v2({recipe.method: ssl, "random_init": inits}, ds.splits["train"],
                            ds.splits["val"], lambda ds=ds: ds.splits["test"], ds.num_classes,
                            ds.name, plan, log=lambda line: print(line, flush=True))
         with (args.out / "results.jsonl").open("a") as fh:
             for row in rows:
-                fh.write(json.dumps({"recipe": recipe.name, "pretrain_seeds": args.pretrain_seeds,
-                                     "inits": args.inits, "pretrain_seconds": seconds,
+                fh.write(json.dumps({"recipe": recipe.name, "pretrain_seeds": pretrain_seeds,
+                                     "inits": evaluate.inits, "pretrain_seconds": seconds,
                                      "smoke": args.smoke, **row}) + "\n")
         for row in rows:
             vs = row.get("vs_random_init")

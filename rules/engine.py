@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import entry_points
@@ -24,7 +25,15 @@ from typing import Any
 
 from pydantic_core import to_json
 
-from .knowledge import HyperparameterEffect, Knowledge, LoadedRule, Method, RefId, load_knowledge
+from .knowledge import (
+    HyperparameterEffect,
+    Knowledge,
+    LoadedRule,
+    Method,
+    RefId,
+    Rule,
+    load_knowledge,
+)
 from .profile import TaskProfile, facts_of, resolve_dicts
 from .recommendation import EngineInfo, FinetuneDefaults, Recommendation
 
@@ -172,13 +181,17 @@ class Engine:
                     for mid in row.methods:
                         self._study_cautions.setdefault((mid, task), []).append(row.ref)
         self._evidence = {
-            rid: {"id": r.id, "authors": short_authors(r.authors), "year": r.year}
+            rid: {"id": r.id, "authors": short_authors(r.authors), "year": r.year,
+                  "source": "review"}
             for rid, r in knowledge.references.items()
         }
         self._support = {
             mid: sum(isinstance(r, int) for r in m.references)
             for mid, m in knowledge.methods.items()
         }
+        # The project's own measurements, as evidence entries beside the review's.
+        self._project = {i: project_evidence(lr.rule) for i, lr in enumerate(knowledge.rules)
+                         if lr.rule.measurement is not None}
         self._info = EngineInfo(
             knowledge_fingerprint=knowledge.fingerprint,
             methods_in_catalog=len(knowledge.methods),
@@ -363,6 +376,7 @@ class Engine:
         avoid: dict[str, tuple[str, str]] = {}
         warnings: list[dict[str, Any]] = []
         notes: list[dict[str, Any]] = []
+        measured: dict[str, list[dict[str, Any]]] = {}
         for i in fired:
             lr = kb.rules[i]
             rule = lr.rule
@@ -390,7 +404,12 @@ class Engine:
                     warnings.append(pe.warning)
                     effects.append({"kind": "warn", "detail": pe.detail, "methods": []})
                 else:
-                    notes.append({"text": pe.note, "rule": rule.id, "sections": rule.sections})
+                    note = {"text": pe.note, "rule": rule.id, "sections": rule.sections}
+                    if i in self._project:
+                        note["measurement"] = self._project[i]
+                        measured.setdefault(rule.measurement.method, []).append(
+                            self._project[i])
+                    notes.append(note)
                     effects.append({"kind": "note", "detail": pe.detail, "methods": []})
             trace.append({"rule": rule.id, "file": lr.file, "effects": effects})
 
@@ -399,7 +418,8 @@ class Engine:
                                                         -self._support[s.method.id], s.method.id))
         trace.extend(self._tie_breaks(ranked, top_k))
         trace.extend(self._run_checks(ranked, warnings, avoid, notes))
-        recs = [self._method_output(rank, st, facts, use_extra, avoid)
+        recs = [self._method_output(rank, st, facts, use_extra, avoid,
+                                    measured.get(st.method.id, ()))
                 for rank, st in enumerate(ranked[:top_k], start=1)]
         used = sorted(n for n in use_extra if n not in avoid)
         augmentations = {
@@ -491,8 +511,8 @@ class Engine:
         return trace
 
     def _method_output(self, rank: int, st: _MethodState, facts: dict[str, Any],
-                       use_extra: dict[str, str], avoid: dict[str, tuple[str, str]]
-                       ) -> dict[str, Any]:
+                       use_extra: dict[str, str], avoid: dict[str, tuple[str, str]],
+                       measured: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         m = st.method
         static = self._method_static(m, facts["table3"], facts["task"])
         own = f"catalog.{m.id}"
@@ -529,8 +549,10 @@ class Engine:
             "data_needs": static["data_needs"],
             "pretrainable": static["pretrainable"],
             "rationale": rationale,
-            "supports": self.evidence([r for r in supports if r not in against]),
-            "cautions": self.evidence(cautions),
+            "supports": [*self.evidence([r for r in supports if r not in against]),
+                         *(e for e in measured if e["verdict"] == "agrees")],
+            "cautions": [*self.evidence(cautions),
+                         *(e for e in measured if e["verdict"] != "agrees")],
         }
 
     def _method_static(self, m: Method, column: str, task: str) -> dict[str, Any]:
@@ -613,3 +635,17 @@ def default_engine() -> Engine:
 def engine_from(root: Path | None = None, memo_bytes: int = MEMO_BYTES) -> Engine:
     """A new engine over a knowledge directory (the packaged one by default)."""
     return Engine(load_knowledge(root), memo_bytes=memo_bytes)
+
+
+def project_evidence(rule: Rule) -> dict[str, Any]:
+    """A rule's measurement as an evidence entry: the card and metric it comes from, the
+    figures, and whether it agrees with the review's expectation of a gain."""
+    m = rule.measurement
+    assert m is not None
+    return {"id": f"project:{m.card}#{m.protocol}@{m.label_fraction:g}:{m.metric}",
+            "authors": "TaskAlign seed zoo", "year": m.year,
+            "source": "project", "card": f"taskalign/{m.card}", "method": m.method,
+            "metric": f"{m.protocol}@{m.label_fraction:g}:{m.metric}", "value": m.value,
+            "random_init": m.random_init,
+            "vs_best_ci95": list(m.vs_best_ci95) if m.vs_best_ci95 else None,
+            "verdict": m.verdict, "rule": rule.id}

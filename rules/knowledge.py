@@ -156,9 +156,30 @@ class CitedEffects(Strict):
         return self
 
 
+class Measurement(Strict):
+    """A figure from one of the project's own encoder cards (zoo/seed/<card>/card.json),
+    cited as `project` evidence beside the review's references. tests/rules checks every
+    figure against the card it names."""
+
+    card: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*\.[a-z0-9][a-z0-9-]*$")
+    year: int = Field(ge=2025, description="When the card's numbers were measured.")
+    method: str
+    protocol: str
+    label_fraction: float = Field(gt=0, le=1)
+    metric: str = "AUC"
+    value: float
+    random_init: float
+    vs_best_ci95: tuple[float, float] | None = Field(
+        None, description="Paired bootstrap 95 % interval of SSL minus the best random init.")
+    verdict: Literal["agrees", "disagrees", "inconclusive"] = Field(
+        description="Against the review's expectation of a gain: agrees when the interval "
+                    "is above 0, disagrees when below, inconclusive otherwise.")
+
+
 class Rule(CitedEffects):
     id: str = Field(pattern=r"^[a-z0-9_.]+$")
     when: dict[str, Any]
+    measurement: Measurement | None = None
 
 
 class Cell(Strict):
@@ -477,6 +498,9 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
                 raise KnowledgeError(rel, entry, "duplicate rule id")
             seen.add(rule.id)
             check_refs(rel, entry, rule.refs)
+            if rule.measurement and rule.measurement.method not in methods:
+                raise KnowledgeError(rel, entry, f"measurement.method "
+                                     f"{rule.measurement.method!r} is not in the catalog")
             selected = []
             for effect in rule.effects:
                 sel = (effect.score or effect.hyperparameter)

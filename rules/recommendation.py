@@ -10,11 +10,26 @@ from .profile import Assumption, ResolvedProfile
 
 
 class Evidence(BaseModel):
-    """A citation in short form; the full entry is at GET /v1/references/{id}."""
+    """A citation in short form: a reviewed study (`source: review`, full entry at
+    GET /v1/references/{id}), or one of TaskAlign's own measurements (`source: project`,
+    id `project:<card>#<metric>`), named by the encoder card (GET /v1/encoders/{card})
+    and metric it comes from."""
 
     id: int | str
     authors: str
     year: int
+    source: Literal["review", "project"] = "review"
+    card: str | None = None
+    """project: the encoder repository whose card holds the figure (GET /v1/encoders/...)."""
+    method: str | None = None
+    metric: str | None = None
+    """project: `protocol@label_fraction:METRIC`, e.g. linear_probe@0.1:AUC."""
+    value: float | None = None
+    random_init: float | None = None
+    vs_best_ci95: list[float] | None = None
+    verdict: Literal["agrees", "disagrees", "inconclusive"] | None = None
+    """project: against the review's expectation of a gain."""
+    rule: str | None = None
 
 
 class Alignment(BaseModel):
@@ -49,6 +64,8 @@ class Note(BaseModel):
     text: str
     rule: str
     sections: list[str]
+    measurement: Evidence | None = None
+    """Set when the note reports one of TaskAlign's own measurements."""
 
 
 class HyperparameterChange(BaseModel):

@@ -67,8 +67,12 @@ def show(name: str, endpoint: Endpoint = None, token: Token = None) -> None:
                   f"{card['spatial_dims']}D, {card['in_channels']} ch, "
                   f"{'x'.join(map(str, card['input_size']))}, {card['feature_dim']}-d)")
     for ev in card.get("evaluation", []):
+        spread = f" ± {ev['spread']:.3f}" if ev.get("spread") is not None else ""
+        noise = f" with {ev['test_noise']} noise" if ev.get("test_noise") else ""
+        ci = ev.get("difference_vs_best_ci95")
+        vs = f"  (vs best init {ci[0]:+.3f} to {ci[1]:+.3f})" if ci else ""
         console.print(f"  {ev['protocol']:24s} {ev['label_fraction']:>5.0%} "
-                      f"{ev['metric']} {ev['value']:.3f} on {ev['dataset']}")
+                      f"{ev['metric']} {ev['value']:.3f}{spread} on {ev['dataset']}{noise}{vs}")
     for r in e["revisions"]:
         console.print(f"  revision {r['revision']} {r['commit'][:12]} {r['created_at']}")
 

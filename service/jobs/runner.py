@@ -339,7 +339,8 @@ def run_pretrain(job: JobRow, lease: int, sessions: Sessions, store: BlobStore,
                           if eval_row else {}),
                        **({"evaluation_skipped": plan.evaluation_skipped}
                           if plan.evaluation_skipped else {})}
-    evaluation = {f"{e['protocol']}@{e['label_fraction']:g}:{e['metric']}": e["value"]
+    evaluation = {f"{e['protocol']}@{e['label_fraction']:g}:{e['metric']}"
+                  + (f"+{e['test_noise']}" if e.get("test_noise") else ""): e["value"]
                   for e in card["evaluation"]}
     seconds = round(time.monotonic() - start, 1)
     Registry(sessions, store).register(

@@ -77,8 +77,8 @@ def test_a_seed_that_does_not_match_its_pin_is_not_registered(tmp_path: Path) ->
     from service.migrate import upgrade
     from zoo.local import local_registry
 
-    if not SEEDS:
-        pytest.skip("no seed encoders built yet")
+    if len(SEEDS) < 2:
+        pytest.skip("needs two seed encoders")
     root = tmp_path / "seed"
     root.mkdir()
     good, bad = SEEDS[0], SEEDS[1]

@@ -341,14 +341,21 @@ def pin_folder(folder: Path) -> None:
     write_atomic(root / PINS, "".join(f"{d}  {n}\n" for n, d in sorted(pins.items())).encode())
 
 
-def pin_mismatches(folder: Path, pins: dict[str, str]) -> list[str]:
-    """Files of a seed folder that are not pinned or differ from their pin."""
+def pin_mismatches(folder: Path, pins: dict[str, str],
+                   contents: dict[str, bytes] | None = None) -> list[str]:
+    """Files of a seed folder that are not pinned or differ from their pin; `contents`
+    (name -> bytes already read) is checked instead of the files, so that what is
+    registered is exactly what was hashed."""
+    import hashlib
+
     bad = []
     for name in ("card.json", "model.safetensors"):
         key = f"{folder.name}/{name}"
+        digest = (hashlib.sha256(contents[name]).hexdigest() if contents and name in contents
+                  else sha256_file(folder / name))
         if key not in pins:
             bad.append(f"{key} is not pinned in {PINS}")
-        elif sha256_file(folder / name) != pins[key]:
+        elif digest != pins[key]:
             bad.append(f"{key} does not match its pinned sha256")
     return bad
 
@@ -364,16 +371,18 @@ def register_seed_zoo(registry: Any, root: Path | None = None,
     folders = seed_folders(root)
     pins = read_pins(folders[0].parent) if folders else {}
     for folder in folders:
-        bad = pin_mismatches(folder, pins)
+        contents = {name: (folder / name).read_bytes()
+                    for name in ("card.json", "model.safetensors")}
+        bad = pin_mismatches(folder, pins, contents)
         if bad:
             log(f"seed encoder {folder.name} refused: {'; '.join(bad)}")
             continue
-        card = json.loads((folder / "card.json").read_text())
+        card = json.loads(contents["card.json"])
         repo = repo_id(ORG, card["name"])
         if repo in known:
             continue
         try:
-            prepared = prepare(card, (folder / "model.safetensors").read_bytes())
+            prepared = prepare(card, contents["model.safetensors"])
             registry.register(prepared, family=card.get("pretext", {}).get("family"),
                               owner=ORG, private=False)
             added.append(repo)
