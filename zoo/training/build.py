@@ -194,10 +194,16 @@ def pretrain_replicates(recipe: Recipe, ds: Dataset, plan: Plan, cfg: TrainConfi
                                 ds.image_size, args)
         objective = build_objective(recipe.method, encoder, **plan.hyperparameters)
         started = time.perf_counter()
+
+        def step(done: int, total: int, loss: torch.Tensor, i: int = i) -> None:
+            # one progress bar over every run: the runs have the same number of steps
+            if on_step is not None:
+                on_step(i * total + done, len(seeds) * total, loss)
+
         run = pretrain(objective, ds.splits["train"].images, plan.policy,
                        replace(cfg, seed=seed), groups=ds.splits["train"].groups,
                        metrics_path=metrics_path if i == 0 else None, on_epoch=on_epoch,
-                       on_step=on_step)
+                       on_step=step)
         seconds.append(round(time.perf_counter() - started, 1))
         history = history or run
         encoders.append(objective.encoder.cpu().float().eval())
