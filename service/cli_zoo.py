@@ -218,6 +218,25 @@ def report(out: Annotated[Path, typer.Option(help="Where the write-up goes.")]
     console.print(f"wrote {out}")
 
 
+def _threads_of_shipped(selected: list) -> None:
+    """On CPU the sums inside training depend on the thread count, so a check runs with
+    the count the shipped cards were built with."""
+    import torch
+
+    from zoo.training.build import SEED_DIR
+
+    for _, recipe in selected:
+        shipped = SEED_DIR / recipe.name / "card.json"
+        if shipped.exists():
+            train = json.loads(shipped.read_text())["pretext"]["hyperparameters"].get("train", {})
+            if train.get("cpu_threads"):
+                torch.set_num_threads(int(train["cpu_threads"]))
+                console.print(f"checking with {train['cpu_threads']} CPU thread(s), as the "
+                              f"shipped cards were built (torch {train.get('torch', '?')}, now "
+                              f"{torch.__version__})")
+                return
+
+
 def _compare_with_seed(built: list[Path], tolerance: float) -> None:
     import shutil
 
@@ -276,6 +295,7 @@ def build(recipes: Annotated[list[str] | None, typer.Argument(
         import tempfile
 
         out, register = Path(tempfile.mkdtemp(prefix="taskalign-check-")), False
+        _threads_of_shipped(selected)
     built = []
     for _, recipe in selected:
         if recipe.profile.get("task") == "segmentation":

@@ -255,6 +255,9 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
                                      "augmentations": sorted(plan.policy.ops),
                                      "train": {**cfg.__dict__, "seed": seeds[0],
                                                "device": history[-1]["device"],
+                                               # CPU results depend on the thread count
+                                               "cpu_threads": torch.get_num_threads(),
+                                               "torch": torch.__version__.split("+")[0],
                                                "seconds": train_s,
                                                "final_loss": history[-1]["loss"]}}},
         pretraining_data={"name": ds.name, "licence": info.get("licence", "not stated"),

@@ -44,7 +44,8 @@ def test_build_is_reproducible_and_reports_protocol_v2(tmp_path: Path) -> None:
     assert all(r["difference_ci95"][0] <= r["difference_ci95"][1] for r in ssl)
     assert card["lineage"]["pretrain_seeds"] == [0, 1]
     assert card["evaluation_protocol"]["linear_probe"]["weight_decay_grid"]
-    assert card["pretext"]["hyperparameters"]["train"]["device"] == "cpu"
+    train = card["pretext"]["hyperparameters"]["train"]
+    assert train["device"] == "cpu" and train["cpu_threads"] >= 1 and train["torch"]
     # The folder is pinned as it is written.
     pins = read_pins(first.parent)
     assert set(pins) == {f"{first.name}/{f}" for f in ("card.json", "model.safetensors",
