@@ -88,7 +88,8 @@ def render(cards: list[EncoderCard]) -> str:
         "A verdict follows from the paired bootstrap interval alone: **gain** when its lower "
         "end is above 0, **loss** when its upper end is below 0, otherwise **no reliable "
         "difference**. `vs best init` compares the mean over pretraining seeds with the "
-        "single best random initialisation, the stricter test.",
+        "best random initialisation (each init's AUC averaged over its label subsets), the "
+        "stricter test.",
         "",
         "## Goal: SSL beats the best of three random inits at 10 % labels",
         "",
