@@ -70,6 +70,32 @@ def _ci(ci: tuple[float, float] | None) -> str:
     return f"{ci[0]:+.3f} to {ci[1]:+.3f}" if ci else "-"
 
 
+def robustness(cards: list[EncoderCard]) -> list[str]:
+    """Clean against noisy-test AUC for the cards with noise rows: how much each arm loses,
+    and whether SSL still differs from random init under the noise."""
+    rows = []
+    for card in cards:
+        by = {(c["protocol"], c["fraction"], c["noise"]): c for c in comparisons(card)}
+        for (protocol, fraction, noise), c in by.items():
+            clean = by.get((protocol, fraction, None))
+            if noise is None or clean is None or c["base"] is None or clean["base"] is None:
+                continue
+            rows.append(
+                f"| {card.name} | {protocol} | {fraction:.0%} | {noise} "
+                f"| {clean['ssl'].value:.3f} → {c['ssl'].value:.3f} "
+                f"({c['ssl'].value - clean['ssl'].value:+.3f}) "
+                f"| {clean['base'].value:.3f} → {c['base'].value:.3f} "
+                f"({c['base'].value - clean['base'].value:+.3f}) "
+                f"| {c['vs_mean']} ({_ci(c['ssl'].difference_ci95)}) |")
+    if not rows:
+        return []
+    return ["", "## Robustness to noise added at test time", "",
+            "The probes fitted on clean images, scored on test images with noise added "
+            "(`zoo.training.protocol.corrupt`, seed 0). AUC clean → noisy (change).", "",
+            "| encoder | protocol | labels | noise | SSL | random init | SSL vs mean init "
+            "under noise |", "|---|---|---|---|---|---|---|", *rows]
+
+
 def render(cards: list[EncoderCard]) -> str:
     v2 = [c for c in cards if any(e.protocol_version == 2 for e in c.evaluation)]
     seg = [c for c in cards if any(e.metric == "DICE" for e in c.evaluation)]
@@ -116,6 +142,7 @@ def render(cards: list[EncoderCard]) -> str:
                 f"| {_pm(e)} | {_pm(b) if b else '-'} | {acc_text} "
                 f"| {c['vs_mean']} ({_ci(e.difference_ci95)}) "
                 f"| {c['vs_best']} ({_ci(e.difference_vs_best_ci95)}) |")
+    lines += robustness(v2)
     for card in v2:
         train = card.pretext.hyperparameters.get("train", {})
         lineage = card.lineage
