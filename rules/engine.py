@@ -29,6 +29,7 @@ from .knowledge import (
     HyperparameterEffect,
     Knowledge,
     LoadedRule,
+    Measurement,
     Method,
     RefId,
     Rule,
@@ -190,8 +191,8 @@ class Engine:
             for mid, m in knowledge.methods.items()
         }
         # The project's own measurements, as evidence entries beside the review's.
-        self._project = {i: project_evidence(lr.rule) for i, lr in enumerate(knowledge.rules)
-                         if lr.rule.measurement is not None}
+        self._project = {i: [project_evidence(lr.rule, m) for m in lr.rule.measurements]
+                         for i, lr in enumerate(knowledge.rules) if lr.rule.measurements}
         self._info = EngineInfo(
             knowledge_fingerprint=knowledge.fingerprint,
             methods_in_catalog=len(knowledge.methods),
@@ -406,9 +407,9 @@ class Engine:
                 else:
                     note = {"text": pe.note, "rule": rule.id, "sections": rule.sections}
                     if i in self._project:
-                        note["measurement"] = self._project[i]
-                        measured.setdefault(rule.measurement.method, []).append(
-                            self._project[i])
+                        note["measurements"] = self._project[i]
+                        for e in self._project[i]:
+                            measured.setdefault(e["method"], []).append(e)
                     notes.append(note)
                     effects.append({"kind": "note", "detail": pe.detail, "methods": []})
             trace.append({"rule": rule.id, "file": lr.file, "effects": effects})
@@ -637,11 +638,9 @@ def engine_from(root: Path | None = None, memo_bytes: int = MEMO_BYTES) -> Engin
     return Engine(load_knowledge(root), memo_bytes=memo_bytes)
 
 
-def project_evidence(rule: Rule) -> dict[str, Any]:
+def project_evidence(rule: Rule, m: Measurement) -> dict[str, Any]:
     """A rule's measurement as an evidence entry: the card and metric it comes from, the
     figures, and whether it agrees with the review's expectation of a gain."""
-    m = rule.measurement
-    assert m is not None
     return {"id": f"project:{m.card}#{m.protocol}@{m.label_fraction:g}:{m.metric}",
             "authors": "TaskAlign seed zoo", "year": m.year,
             "source": "project", "card": f"taskalign/{m.card}", "method": m.method,

@@ -179,7 +179,7 @@ class Measurement(Strict):
 class Rule(CitedEffects):
     id: str = Field(pattern=r"^[a-z0-9_.]+$")
     when: dict[str, Any]
-    measurement: Measurement | None = None
+    measurements: list[Measurement] = []
 
 
 class Cell(Strict):
@@ -498,9 +498,10 @@ def load_knowledge(root: Path | None = None, vocabulary: Vocabulary | None = Non
                 raise KnowledgeError(rel, entry, "duplicate rule id")
             seen.add(rule.id)
             check_refs(rel, entry, rule.refs)
-            if rule.measurement and rule.measurement.method not in methods:
-                raise KnowledgeError(rel, entry, f"measurement.method "
-                                     f"{rule.measurement.method!r} is not in the catalog")
+            for m in rule.measurements:
+                if m.method not in methods:
+                    raise KnowledgeError(rel, entry, f"measurements: method {m.method!r} is "
+                                         "not in the catalog")
             selected = []
             for effect in rule.effects:
                 sel = (effect.score or effect.hyperparameter)

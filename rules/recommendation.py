@@ -64,8 +64,8 @@ class Note(BaseModel):
     text: str
     rule: str
     sections: list[str]
-    measurement: Evidence | None = None
-    """Set when the note reports one of TaskAlign's own measurements."""
+    measurements: list[Evidence] = []
+    """TaskAlign's own measurements the note reports (`source: project`), if any."""
 
 
 class HyperparameterChange(BaseModel):

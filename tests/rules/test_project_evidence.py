@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from rules import TaskProfile, default_engine
-from rules.knowledge import Rule
+from rules.knowledge import Measurement, Rule
 
 SEED = Path(__file__).resolve().parents[2] / "zoo" / "seed"
-MEASURED = [lr.rule for lr in default_engine().kb.rules if lr.rule.measurement is not None]
+MEASURED = [(lr.rule, m) for lr in default_engine().kb.rules for m in lr.rule.measurements]
 
 
 def card_row(card: dict[str, Any], protocol: str, fraction: float, metric: str
@@ -28,12 +28,16 @@ def card_row(card: dict[str, Any], protocol: str, fraction: float, metric: str
 
 def test_there_are_project_measurements() -> None:
     assert len(MEASURED) >= 4
-    assert {r.measurement.card for r in MEASURED} >= {"resnet18-2d.barlow-braintumor28"}
+    assert {m.card for _, m in MEASURED} >= {"resnet18-2d.barlow-braintumor28"}
 
 
-@pytest.mark.parametrize("rule", MEASURED, ids=lambda r: r.id)
-def test_measurement_matches_its_card(rule: Rule) -> None:
-    m = rule.measurement
+def ids(case: tuple[Rule, Measurement]) -> str:
+    return f"{case[0].id}:{case[1].protocol}@{case[1].label_fraction:g}"
+
+
+@pytest.mark.parametrize("case", MEASURED, ids=ids)
+def test_measurement_matches_its_card(case: tuple[Rule, Measurement]) -> None:
+    rule, m = case
     card = json.loads((SEED / m.card / "card.json").read_text())
     assert card["pretext"]["method_id"] == m.method
     ssl = card_row(card, m.protocol, m.label_fraction, m.metric)
@@ -48,9 +52,9 @@ def test_measurement_matches_its_card(rule: Rule) -> None:
     assert f"{m.value:.3f}" in text and f"{m.random_init:.3f}" in text
 
 
-@pytest.mark.parametrize("rule", MEASURED, ids=lambda r: r.id)
-def test_verdict_follows_from_the_interval(rule: Rule) -> None:
-    m = rule.measurement
+@pytest.mark.parametrize("case", MEASURED, ids=ids)
+def test_verdict_follows_from_the_interval(case: tuple[Rule, Measurement]) -> None:
+    _, m = case
     if m.vs_best_ci95 is None:
         assert m.verdict != "agrees", "a gain needs an interval above 0"
         return
@@ -61,32 +65,31 @@ def test_verdict_follows_from_the_interval(rule: Rule) -> None:
 
 def test_answer_cites_the_measurement_beside_the_review() -> None:
     engine = default_engine()
-    rule = next(r for r in MEASURED if r.measurement.verdict == "agrees")
-    m = rule.measurement
+    rule, m = next((r, m) for r, m in MEASURED if m.verdict == "agrees")
     card = json.loads((SEED / m.card / "card.json").read_text())
     dims = f"{card['spatial_dims']}d"
     rec = engine.recommend(TaskProfile(task="classification", modality=card["modality"],
                                        dimensionality=dims, label_regime="low", top_k=100))
     method = next(r for r in rec.recommendations if r.id == m.method)
-    project = [e for e in method.supports if e.source == "project"]
-    assert [e.rule for e in project] == [rule.id]
-    assert project[0].card == f"taskalign/{m.card}" and project[0].verdict == "agrees"
+    project = [e for e in method.supports if e.source == "project" and e.rule == rule.id]
+    assert project and project[0].card == f"taskalign/{m.card}"
+    assert all(e.verdict == "agrees" for e in method.supports if e.source == "project")
     assert any(e.source == "review" for e in method.supports)
     note = next(n for n in rec.notes if n.rule == rule.id)
-    assert note.measurement is not None and note.measurement.metric.endswith(m.metric)
+    assert any(e.metric.endswith(m.metric) for e in note.measurements)
 
 
 def test_a_measurement_that_does_not_agree_is_a_caution() -> None:
     engine = default_engine()
-    rule = next((r for r in MEASURED if r.measurement.verdict != "agrees"
-                 and r.measurement.protocol != "fine_tune"), None)
+    rule, m = next(((r, m) for r, m in MEASURED if m.verdict != "agrees"
+                    and m.protocol != "fine_tune"), (None, None))
     if rule is None:
         pytest.skip("every classification measurement agrees with the review")
-    m = rule.measurement
     card = json.loads((SEED / m.card / "card.json").read_text())
     dims = f"{card['spatial_dims']}d"
     rec = engine.recommend(TaskProfile(task="classification", modality=card["modality"],
                                        dimensionality=dims, label_regime="low", top_k=100))
     method = next(r for r in rec.recommendations if r.id == m.method)
-    assert rule.id in {e.rule for e in method.cautions if e.source == "project"}
-    assert rule.id not in {e.rule for e in method.supports}
+    caution = {e.id for e in method.cautions if e.source == "project"}
+    assert any(e.startswith(f"project:{m.card}#{m.protocol}@") for e in caution)
+    assert not caution & {e.id for e in method.supports}
