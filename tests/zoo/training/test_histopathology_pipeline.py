@@ -24,7 +24,7 @@ def lung() -> Dataset:
     if not (DATA_DIR / "extra" / "lc25000lung_64.npz").exists():
         pytest.skip("lc25000lung_64 not found (see shared/data/README.md)")
     full = load_dataset("lc25000lung_64", DATA_DIR)
-    assert "near-duplicates" in full.info["content"]  # the card will say so
+    assert "near-duplicates" in full.info["caveat"]  # stated with the data
     cut = {"train": 300, "val": 90, "test": 150}
     gen = torch.Generator().manual_seed(0)
     splits = {}
