@@ -47,7 +47,7 @@ def serve(
 
     settings = get_settings()
     uvicorn.run(create_app(settings), host=host or settings.host, port=port or settings.port,
-                log_level=settings.log_level)
+                log_level=settings.log_level, timeout_keep_alive=settings.keep_alive_seconds)
 
 
 def _about(field: str) -> str:

@@ -31,6 +31,11 @@ class Settings(BaseSettings):
                                  description="Largest image batch for /embed.")
     max_embed_values: int = Field(64 * 2**20, ge=4096, description="Decoded values (float32) "
                                   "one /embed request may hold: images x channels x size.")
+    keep_alive_seconds: int = Field(75, ge=1, le=3600, description="How long an idle "
+                                    "HTTP connection stays open. Hub clients reuse "
+                                    "connections between downloads; uvicorn's 5 s default "
+                                    "let a busy client send on a socket the server was "
+                                    "closing.")
     seed_zoo: bool = Field(True, description="Register the shipped seed encoders at start-up.")
     worker: bool = Field(True, description="Run a local job worker inside the API process.")
     ray_address: str | None = Field(None, description="Ray dashboard/job API address, for "

@@ -103,3 +103,27 @@ def test_eval_cli_reports_the_baseline() -> None:
     bad = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--dataset", "nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "unknown dataset" in bad.stderr
+
+
+def test_an_idle_connection_outlives_uvicorns_default_keep_alive(live_server: str) -> None:
+    """Hub clients reuse a connection between downloads; with uvicorn's 5 s default a
+    client busy for a few seconds sent on a socket the server was closing ("Server
+    disconnected without sending a response"). `taskalign serve` keeps idle ones 75 s."""
+    import http.client
+    import time
+    from urllib.parse import urlparse
+
+    url = urlparse(live_server)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read()
+        socket_before = conn.sock
+        time.sleep(6)  # longer than uvicorn's default keep-alive
+        conn.request("GET", "/healthz")  # on the same socket: it must still be open
+        assert conn.sock is socket_before
+        second = conn.getresponse()
+        assert second.status == 200 and second.read()
+    finally:
+        conn.close()
