@@ -68,7 +68,7 @@ def main() -> None:
         config = TrainConfig(**{**recipe.train, "max_steps": args.max_steps})
         ssl, seconds, _ = pretrain_replicates(recipe, ds, steps, config, pretrain_seeds,
                                               log=lambda line: print(line, flush=True))
-        inits = random_inits(recipe, ds, evaluate.inits)
+        inits = random_inits(recipe.architecture, ds, evaluate.inits)
         rows = evaluate_v2({recipe.method: ssl, "random_init": inits}, ds.splits["train"],
                            ds.splits["val"], lambda ds=ds: ds.splits["test"], ds.num_classes,
                            ds.name, plan, log=lambda line: print(line, flush=True))

@@ -325,11 +325,9 @@ def evaluate(
     """Linear probe, kNN and fine-tuning at label fractions against random inits, under
     protocol v2: penalty, k and checkpoint chosen on a scaled validation subset, test
     opened once, paired bootstrap interval of the difference."""
-    import torch
 
-    from zoo.architectures import build_encoder
     from zoo.datasets.readers import DataError, load_dataset
-    from zoo.training.build import EvalPlan
+    from zoo.training.build import EvalPlan, random_inits
     from zoo.training.build import evaluate as evaluate_v2
 
     try:
@@ -347,12 +345,10 @@ def evaluate(
         from zoo import load_encoder
 
         ssl.append(load_encoder(encoder))
-    baselines = []
-    for seed in init_seeds:
-        torch.manual_seed(seed)
-        baselines.append(build_encoder(
-            architecture, ds.spatial_dims, ds.channels, ds.image_size,
-            {"widths": [16, 32, 64, 128]} if architecture.startswith("resnet") else {}).eval())
+    baselines = random_inits(
+        {"name": architecture,
+         "args": {"widths": [16, 32, 64, 128]} if architecture.startswith("resnet") else {}},
+        ds, init_seeds)
     results = evaluate_v2(ssl, baselines, ds, plan, {"ssl": [0], "random_init": init_seeds},
                           err_console.print)
     if as_json:

@@ -165,8 +165,10 @@ def evaluate(ssl: list[torch.nn.Module], inits: list[torch.nn.Module], ds: Datas
     return card_rows(rows, replicates)
 
 
-def random_inits(recipe: Recipe, ds: Dataset, seeds: list[int]) -> list[torch.nn.Module]:
-    arch = recipe.architecture
+def random_inits(architecture: dict[str, Any], ds: Dataset, seeds: list[int]
+                 ) -> list[torch.nn.Module]:
+    """One untrained encoder per seed, {name, args} as a recipe or card states it."""
+    arch = architecture
     out = []
     for seed in seeds:
         torch.manual_seed(seed)
@@ -240,9 +242,9 @@ def build(recipe: Recipe, out_dir: Path | None = None, data_dir: Path | None = N
     train_s = seconds[0]
     encoder = encoders[0]
     scored = eval_dataset or ds
-    evaluations = evaluate(encoders, random_inits(recipe, ds, recipe.evaluate.inits), scored,
-                           recipe.evaluate, {"ssl": seeds,
-                                             "random_init": recipe.evaluate.inits}, log)
+    inits = random_inits(recipe.architecture, ds, recipe.evaluate.inits)
+    evaluations = evaluate(encoders, inits, scored, recipe.evaluate,
+                           {"ssl": seeds, "random_init": recipe.evaluate.inits}, log)
     info = ds.info
     card = EncoderCard(
         name=recipe.name,
