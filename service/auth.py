@@ -2,10 +2,16 @@
 
 With no token configured, the first start writes a random admin token to
 $TASKALIGN_HOME/admin.token (mode 0600) rather than leaving writes open.
+
+The web pages sign in by putting the token in an HttpOnly, SameSite=Strict cookie. The API
+accepts that cookie too (so the pages' scripts can stream events and upload), but a request
+that changes something must then also carry the CSRF token derived from it: a cookie is
+sent by the browser on its own, a header only by our pages.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -19,6 +25,33 @@ from .users import User
 # Declares bearer security in OpenAPI; the check (and its 401 wording) is ours.
 bearer = HTTPBearer(auto_error=False, description="A token from TASKALIGN_API_TOKENS or "
                     "TASKALIGN_ADMIN_TOKENS (or $TASKALIGN_HOME/admin.token).")
+
+
+COOKIE = "taskalign_token"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def csrf_token(token: str) -> str:
+    """The CSRF token of a session: a MAC of a fixed label under the user's token, so it
+    needs no storage and cannot be computed without the token."""
+    return hmac.new(token.encode(), b"taskalign-csrf", hashlib.sha256).hexdigest()
+
+
+def csrf_matches(token: str, presented: str) -> bool:
+    return bool(presented) and hmac.compare_digest(csrf_token(token), presented)
+
+
+def request_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
+    """The bearer token, else the sign-in cookie (with its CSRF check on writes)."""
+    if credentials and credentials.credentials:
+        return credentials.credentials
+    token = request.cookies.get(COOKIE, "")
+    if token and request.method not in SAFE_METHODS and not csrf_matches(
+            token, request.headers.get(CSRF_HEADER, "")):
+        raise HTTPException(403, f"a signed-in browser request that changes something needs "
+                                 f"the {CSRF_HEADER} header of the page it came from")
+    return token
 
 
 def find_user(request: Request, token: str) -> User | None:
@@ -41,10 +74,11 @@ async def current_user(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> User:
-    token = credentials.credentials if credentials else ""
+    token = request_token(request, credentials)
     if not token:
         raise HTTPException(401, "this endpoint needs a token: send 'Authorization: Bearer "
-                                 "<token>'", headers={"WWW-Authenticate": "Bearer"})
+                                 "<token>' (or sign in at /sign-in)",
+                            headers={"WWW-Authenticate": "Bearer"})
     return _user_of(request, token)
 
 
@@ -54,7 +88,7 @@ async def current_reader(
 ) -> User | Principal:
     """Read endpoints work without a token (public repositories only); a token that is
     sent must be valid, so a typo is a 401 rather than a quietly smaller listing."""
-    token = credentials.credentials if credentials else ""
+    token = request_token(request, credentials)
     return _user_of(request, token) if token else ANONYMOUS
 
 

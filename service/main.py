@@ -22,6 +22,7 @@ from .responses import EVERY_ROUTE
 from .routers import datasets, encoders, health, hf, jobs, knowledge, methods, recommendations
 from .url_guard import RejectNulInUrl
 from .users import load_tokens
+from .web import install as web
 from .zoo_state import ZooState
 
 log = logging.getLogger("taskalign")
@@ -80,8 +81,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker_thread.join(timeout=20)
         db_engine.dispose()
 
+    # /docs and /redoc are served by the web package from vendored files (no CDN).
     app = FastAPI(title="TaskAlign", version="0.1.0", description=API_DESCRIPTION,
-                  lifespan=lifespan, responses=EVERY_ROUTE)
+                  lifespan=lifespan, responses=EVERY_ROUTE, docs_url=None, redoc_url=None)
     app.state.settings = settings
     app.state.rules_engine = rules_engine
     app.state.db_engine = db_engine
@@ -99,11 +101,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(v1)
     app.include_router(hf.router)
+    web.install(app)
     # Added last = outermost: the size limit runs before anything reads the body.
     app.add_middleware(RejectNulInUrl)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes, overrides=[
         ("POST", "/v1/encoders", settings.max_upload_bytes),
         ("POST", "/v1/datasets", settings.max_upload_bytes),
+        ("POST", "/datasets", settings.max_upload_bytes),  # the web page's upload form
         ("POST", "/v1/encoders/*/*/embed", settings.max_embed_bytes),
         ("POST", "/v1/encoders/*/*/predict", settings.max_embed_bytes),
     ])

@@ -356,7 +356,8 @@ class Registry:
     def list(self, *, reader: Reader = ANONYMOUS, modality: str | None = None,
              method: str | None = None, family: str | None = None, dims: int | None = None,
              q: str | None = None, owner: str | None = None, limit: int = 100,
-             offset: int = 0, vocabulary: Vocabulary | None = None
+             offset: int = 0, vocabulary: Vocabulary | None = None,
+             task: str | None = None, parent: str | None = None
              ) -> tuple[list[EncoderRow], int]:
         """Visible repositories, filtered, in one query (plus its count).
 
@@ -366,6 +367,8 @@ class Registry:
         a `q` that the vocabulary reads as a modality or an anatomy ("cxr", "chest") also
         finds the modalities it names. A query of several words that matches nothing as a
         phrase matches where each of its words does ("chest ct", "pneumonia x-ray").
+        `task` is "encoder" (no head) or a task model's kind; `parent` lists the
+        repositories whose latest card names that parent (a lineage's children).
         """
         vocab = vocabulary or load_vocabulary()
         query = select(EncoderRow).where(
@@ -381,11 +384,17 @@ class Registry:
             query = query.where(EncoderRow.family == family)
         if dims:
             query = query.where(EncoderRow.spatial_dims == dims)
-        if q:
+        if task:
+            query = query.where(EncoderRow.task.is_(None) if task == "encoder"
+                                else EncoderRow.task == task)
+        if q or parent:
             # The latest revision only: (encoder_id, number) is unique, so no row doubles.
             query = query.outerjoin(RevisionRow, and_(
                 RevisionRow.encoder_id == EncoderRow.id,
                 RevisionRow.number == EncoderRow.latest_revision))
+        if parent:
+            query = query.where(RevisionRow.card["parent"].as_string() == parent)
+        if q:
             words = query_words(q)
             match = _text_match(q, vocab)
             if words:  # the phrase, or else every word on its own

@@ -5,7 +5,7 @@ import json
 import math
 import re
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
@@ -174,6 +174,10 @@ def list_encoders(
     q: str | None = Query(None, max_length=200, description="Case-insensitive text in the "
                           "name, description, modality or pretraining dataset; a modality "
                           "or anatomy word (cxr, chest) also finds the modalities it names."),
+    task: Literal["encoder", "classification", "segmentation"] | None = Query(
+        None, description="encoder (pretrained, no head) or a task model's kind."),
+    parent: str | None = Query(None, max_length=161, description="Only repositories "
+                               "trained from this one (owner/name): its lineage children."),
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> Page[EncoderSummary]:
@@ -182,7 +186,8 @@ def list_encoders(
     values and the closest one."""
     filters = search_filters(engine, zoo, reader, modality, method, family, dims)
     rows, count = zoo.registry.list(reader=reader, owner=owner, q=q, limit=limit,
-                                    offset=offset, vocabulary=engine.kb.vocabulary, **filters)
+                                    offset=offset, vocabulary=engine.kb.vocabulary,
+                                    task=task, parent=parent, **filters)
     return Page[EncoderSummary](data=[summary(r) for r in rows], count=count)
 
 
