@@ -53,6 +53,8 @@ class EncoderRow(Base):
     modality: Mapped[str] = mapped_column(String(64), index=True)
     method_id: Mapped[str] = mapped_column(String(64), index=True)
     family: Mapped[str | None] = mapped_column(String(64), index=True)
+    # The latest card's parent (owner/name): lineage children are an indexed lookup.
+    parent: Mapped[str | None] = mapped_column(String(161), nullable=True, index=True)
     spatial_dims: Mapped[int] = mapped_column(Integer)
     in_channels: Mapped[int] = mapped_column(Integer)
     feature_dim: Mapped[int] = mapped_column(Integer)

@@ -309,6 +309,7 @@ class Registry:
                 row.modality = card.modality
                 row.method_id = card.pretext.method_id
                 row.family = stored.pretext.family
+                row.parent = card.parent
                 row.spatial_dims = card.spatial_dims
                 row.in_channels = card.in_channels
                 row.feature_dim = prepared.feature_dim
@@ -387,14 +388,13 @@ class Registry:
         if task:
             query = query.where(EncoderRow.task.is_(None) if task == "encoder"
                                 else EncoderRow.task == task)
-        if q or parent:
+        if parent:
+            query = query.where(EncoderRow.parent == parent)
+        if q:
             # The latest revision only: (encoder_id, number) is unique, so no row doubles.
             query = query.outerjoin(RevisionRow, and_(
                 RevisionRow.encoder_id == EncoderRow.id,
                 RevisionRow.number == EncoderRow.latest_revision))
-        if parent:
-            query = query.where(RevisionRow.card["parent"].as_string() == parent)
-        if q:
             words = query_words(q)
             match = _text_match(q, vocab)
             if words:  # the phrase, or else every word on its own

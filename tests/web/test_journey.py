@@ -22,6 +22,7 @@ TOKEN = "alice-browser-token-0123456789"
 ENCODER = "taskalign/resnet18-2d.simclr-pneumoniamnist"
 # Set to a folder (docs/screenshots) to keep a screenshot of each page.
 SHOTS = os.environ.get("TASKALIGN_SCREENSHOTS")
+SEED_DIR = Path(__file__).resolve().parents[2] / "zoo" / "seed"
 
 
 @pytest.fixture(scope="module")
@@ -29,15 +30,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Server:
     home = tmp_path_factory.mktemp("web")
     srv = Server(home, TASKALIGN_SEED_ZOO="true", TASKALIGN_WORKER="true",
                  TASKALIGN_API_TOKENS=f"alice={TOKEN}")
-    deadline = time.monotonic() + 240  # the seed zoo registers in the background
+    seeds = len(list(SEED_DIR.glob("*/card.json")))
+    deadline = time.monotonic() + 300  # the seed zoo registers in the background
     while time.monotonic() < deadline:
-        found = httpx.get(f"{srv.url}/v1/encoders/{ENCODER}", timeout=10)
-        if found.status_code == 200:
+        listed = httpx.get(f"{srv.url}/v1/encoders", params={"limit": 1}, timeout=10)
+        if listed.json()["count"] >= seeds:
             break
         time.sleep(2)
     else:
         srv.stop()
-        pytest.fail(f"seed encoder {ENCODER} was not registered in 240 s")
+        pytest.fail(f"the {seeds} seed encoders were not registered in 300 s")
     yield srv
     srv.stop()
 
@@ -128,6 +130,14 @@ def test_journey(browser: object, server: Server, pneumonia_npz: Path,
     page.goto("/zoo?modality=cxr")
     assert page.get_by_role("link", name=ENCODER, exact=True).is_visible()
     shot(page, "zoo")
+    # Filters update the results in place (htmx) and the address with them.
+    page.evaluate("window.__same_page = true")
+    page.get_by_label("Method").select_option("mae")
+    page.wait_for_url("**method=mae**")
+    page.get_by_role("link", name=ENCODER, exact=True).wait_for(state="detached")
+    methods = page.locator("#zoo-results tbody tr td:nth-child(2)").all_inner_texts()
+    assert methods and set(methods) == {"mae"}, page.url
+    assert page.evaluate("window.__same_page === true")  # no full navigation
 
     # Upload a real dataset: progress bar, then its page with counts and thumbnails.
     page.goto("/datasets")
