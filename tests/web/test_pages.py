@@ -193,3 +193,20 @@ async def test_zoo_filters_by_kind_and_parent(web: httpx.AsyncClient) -> None:
     assert 'href="/zoo/alice/resnet18-2d.child-enc"' in page.text  # lineage: parent -> child
     child_page = await web.get("/zoo/alice/resnet18-2d.child-enc")
     assert 'href="/zoo/alice/resnet18-2d.parent-enc"' in child_page.text
+
+
+def test_evaluation_chart_pairs_each_protocol_with_its_baseline() -> None:
+    from service.web.pages.zoo import evaluation_chart
+
+    rows = [{"protocol": p, "label_fraction": f, "metric": "AUC", "value": v}
+            for p, f, v in [("linear_probe", 0.1, 0.8), ("linear_probe", 1.0, 0.9),
+                            ("random_init_linear_probe", 0.1, 0.7), ("knn", 1.0, 0.85),
+                            ("random_init_knn", 1.0, 0.6)]]
+    rows.append({"protocol": "linear_probe", "label_fraction": 0.1, "metric": "AUC",
+                 "value": 0.5, "test_noise": "gaussian:0.1"})  # robustness rows stay out
+    chart = evaluation_chart(rows)
+    assert chart["fractions"] == [0.1, 1.0]
+    assert [(s["label"], s["colour"], s["baseline"], s["values"]) for s in chart["series"]] == [
+        ("knn", 0, False, [None, 0.85]), ("random init knn", 0, True, [None, 0.6]),
+        ("linear probe", 1, False, [0.8, 0.9]), ("random init linear probe", 1, True,
+                                                 [0.7, None])]

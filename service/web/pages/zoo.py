@@ -18,17 +18,22 @@ PAGE_SIZE = 50
 
 
 def evaluation_chart(rows: list[dict[str, Any]], metric: str = "AUC") -> dict[str, Any]:
-    """Series for the chart: each protocol against its random-init baseline, across label
-    fractions (clean test images only)."""
+    """Series for the chart: each protocol beside its random-init baseline (same colour,
+    dashed), across label fractions, on clean test images only."""
     clean = [r for r in rows if r["metric"] == metric and not r.get("test_noise")]
     fractions = sorted({r["label_fraction"] for r in clean})
+    protocols = {r["protocol"] for r in clean}
+    bases = sorted({p.removeprefix("random_init_") for p in protocols})
     series = []
-    for protocol in sorted({r["protocol"] for r in clean}):
-        by_fraction = {r["label_fraction"]: r["value"] for r in clean
-                       if r["protocol"] == protocol}
-        series.append({"label": protocol.replace("_", " "),
-                       "baseline": protocol.startswith("random_init"),
-                       "values": [by_fraction.get(f) for f in fractions]})
+    for colour, base in enumerate(bases):
+        for protocol in (base, f"random_init_{base}"):
+            if protocol not in protocols:
+                continue
+            by_fraction = {r["label_fraction"]: r["value"] for r in clean
+                           if r["protocol"] == protocol}
+            series.append({"label": protocol.replace("_", " "), "colour": colour,
+                           "baseline": protocol != base,
+                           "values": [by_fraction.get(f) for f in fractions]})
     return {"metric": metric, "fractions": fractions, "series": series}
 
 

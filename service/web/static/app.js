@@ -59,9 +59,9 @@ function setupEvalChart() {
   if (!el || !window.uPlot) return;
   const chart = JSON.parse(el.dataset.chart);
   const series = [{label: "label fraction"}];
-  chart.series.forEach((s, i) => series.push({
-    label: s.label, stroke: COLOURS[Math.floor(i / 2) % COLOURS.length], width: 2,
-    dash: s.baseline ? [6, 4] : undefined, points: {show: true}}));
+  chart.series.forEach((s) => series.push({
+    label: s.label, stroke: COLOURS[s.colour % COLOURS.length], width: 2,
+    dash: s.baseline ? [6, 4] : undefined, spanGaps: true, points: {show: true}}));
   const data = [chart.fractions, ...chart.series.map((s) => s.values)];
   new uPlot({width: chartWidth(el), height: 300, series,
     scales: {x: {time: false}},
