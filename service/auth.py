@@ -43,11 +43,15 @@ def csrf_matches(token: str, presented: str) -> bool:
 
 
 def request_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str:
-    """The bearer token, else the sign-in cookie (with its CSRF check on writes)."""
+    """The bearer token, else the sign-in cookie (with its CSRF check on writes). A cookie
+    whose token is no longer known (rotated, removed) counts as no cookie: the pages show
+    the user as signed out, so the API must not answer them with 401s."""
     if credentials and credentials.credentials:
         return credentials.credentials
     token = request.cookies.get(COOKIE, "")
-    if token and request.method not in SAFE_METHODS and not csrf_matches(
+    if not token or find_user(request, token) is None:
+        return ""
+    if request.method not in SAFE_METHODS and not csrf_matches(
             token, request.headers.get(CSRF_HEADER, "")):
         raise HTTPException(403, f"a signed-in browser request that changes something needs "
                                  f"the {CSRF_HEADER} header of the page it came from")

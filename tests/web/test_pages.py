@@ -210,3 +210,87 @@ def test_evaluation_chart_pairs_each_protocol_with_its_baseline() -> None:
         ("knn", 0, False, [None, 0.85]), ("random init knn", 0, True, [None, 0.6]),
         ("linear probe", 1, False, [0.8, 0.9]), ("random init linear probe", 1, True,
                                                  [0.7, None])]
+
+
+async def test_a_stale_cookie_reads_as_signed_out(web: httpx.AsyncClient) -> None:
+    stale = signed_in("rotated-token-0123456789")
+    assert (await web.get("/v1/encoders", headers=stale)).status_code == 200
+    page = await web.get("/zoo", headers=stale)
+    assert page.status_code == 200 and "Sign in" in page.text
+    assert 'taskalign_token=""' in page.headers["set-cookie"]  # dropped
+    write = await web.post("/v1/jobs", json={"type": "finetune", "dataset_id": 1},
+                           headers=stale)
+    assert write.status_code == 401  # no token at all, not a CSRF puzzle
+
+
+async def test_forms_from_another_site_are_refused_behind_a_proxy_too(
+        web: httpx.AsyncClient) -> None:
+    form = {"csrf_token": csrf_token(ALICE), "type": "finetune", "dataset_id": "1"}
+    cross = await web.post("/jobs", data=form,
+                           headers={**signed_in(ALICE), "sec-fetch-site": "cross-site"})
+    assert cross.status_code == 403
+    # Behind a proxy: the browser's Origin is the public host, which the proxy forwards.
+    proxied = await web.post("/jobs", data=form, headers={
+        **signed_in(ALICE), "origin": "https://taskalign.example.org",
+        "x-forwarded-host": "taskalign.example.org"})
+    assert proxied.status_code != 403, proxied.text
+    same = await web.post("/jobs", data=form,
+                          headers={**signed_in(ALICE), "sec-fetch-site": "same-origin",
+                                   "origin": "https://taskalign.example.org"})
+    assert same.status_code != 403
+
+
+async def test_an_unticked_private_box_stays_unticked(web: httpx.AsyncClient) -> None:
+    fresh = await web.get("/jobs/new", headers=signed_in(ALICE))
+    assert 'name="private" checked' in fresh.text  # private by default
+    again = await web.post("/jobs", headers=signed_in(ALICE), data={
+        "csrf_token": csrf_token(ALICE), "type": "finetune", "dataset_id": "1",
+        "epochs": "lots"})
+    assert again.status_code == 422 and 'name="private" checked' not in again.text
+
+
+async def test_browsers_get_error_pages_and_clients_json(web: httpx.AsyncClient) -> None:
+    html = {"accept": "text/html,application/xhtml+xml"}
+    page = await web.get("/jobs/abc", headers={**html, **signed_in(ALICE)})
+    assert page.status_code == 422 and page.headers["content-type"].startswith("text/html")
+    missing = await web.get("/no-such-page", headers=html)
+    assert missing.status_code == 404 and "<h1>404</h1>" in missing.text
+    api = await web.get("/v1/jobs/abc", headers={**html, **signed_in(ALICE)})
+    assert api.status_code == 422 and api.headers["content-type"] == "application/json"
+
+
+async def test_pages_carry_a_content_security_policy(web: httpx.AsyncClient) -> None:
+    policy = (await web.get("/zoo")).headers["content-security-policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' blob: data:" in policy
+    assert "script-src" not in policy  # scripts fall back to 'self': nothing inline runs
+
+
+async def test_job_page_shows_the_last_log_lines_of_a_long_job(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from service.jobs.models import JobEventRow, JobRow
+
+    settings = Settings(home=tmp_path / "var", seed_zoo=False, worker=False,
+                        api_tokens=f"alice={ALICE}")
+    app = create_app(settings)
+    now = datetime.now(UTC)
+    with app.state.zoo.registry.sessions.begin() as session:
+        job = JobRow(owner="alice", type="finetune", status="failed", request={}, params={},
+                     attempts=1, max_attempts=1, progress={}, metrics={},
+                     error="boom", created_at=now, updated_at=now)
+        session.add(job)
+        session.flush()
+        session.add_all([JobEventRow(job_id=job.id, type="log", data={"line": f"line {i}"},
+                                     created_at=now) for i in range(1201)])
+        job_id = job.id
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://testserver") as client:
+        page = await client.get(f"/jobs/{job_id}", headers=signed_in(ALICE))
+    log = page.text.split('id="job-log"')[1].split("</pre>")[0]
+    assert "line 1200" in log and "line 1001" in log and "line 1000\n" not in log
+    assert 'data-after="1201"' in page.text  # the live stream resumes after the last event
+
+
+async def test_pager_shows_what_the_page_holds(web: httpx.AsyncClient) -> None:
+    page = await web.get("/zoo", params={"offset": -5})
+    assert "nothing here (0 in all)" in page.text and "Previous" not in page.text

@@ -17,6 +17,7 @@ PAGE_SIZE = 50
 @router.get("/datasets", response_class=HTMLResponse)
 async def dataset_list(request: Request, offset: int = 0) -> Response:
     page = Page(request)
+    offset = max(0, offset)
     page.require_user()
     listing = await page.api.get("/v1/datasets", {"limit": PAGE_SIZE, "offset": max(0, offset)})
     modalities = request.app.state.rules_engine.kb.vocabulary.allowed("modality")

@@ -3,6 +3,7 @@ page fed by the job's event stream."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -13,6 +14,8 @@ from ..context import Page
 
 router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
+FORM_DATASETS = 500
+LOG_TAIL = 200
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 # The form's fields, in order; empty ones are left out so the planner's "auto" applies.
 FORM_FIELDS = ("type", "dataset_id", "eval_dataset_id", "encoder", "method", "task", "mode",
@@ -26,18 +29,33 @@ def job_request(form: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
+async def choosable_datasets(page: Page, chosen: Any) -> list[dict[str, Any]]:
+    """The newest FORM_DATASETS datasets (the API lists oldest first), plus the one the
+    form was opened for, wherever it is in the list."""
+    count = (await page.api.get("/v1/datasets", {"limit": 1}))["count"]
+    listing = await page.api.get("/v1/datasets", {
+        "limit": FORM_DATASETS, "offset": max(0, count - FORM_DATASETS)})
+    rows = list(reversed(listing["data"]))
+    if str(chosen or "").isdigit() and all(str(d["id"]) != str(chosen) for d in rows):
+        # One the user cannot see is left out: the planner names it when submitted.
+        with contextlib.suppress(ApiError):
+            rows.insert(0, await page.api.get(f"/v1/datasets/{chosen}"))
+    return rows
+
+
 async def _form(page: Page, values: dict[str, Any], errors: dict[str, Any],
                 status: int = 200, message: str | None = None) -> HTMLResponse:
-    datasets = await page.api.get("/v1/datasets", {"limit": 500})
+    datasets = await choosable_datasets(page, values.get("dataset_id"))
     methods = await page.api.get("/v1/methods", {"limit": 500})
     return page.render("job_new.html", status, values=values, errors=errors,
-                       datasets=datasets["data"], message=message,
+                       datasets=datasets, message=message,
                        methods=[m for m in methods["data"] if m.get("pretrainable")])
 
 
 @router.get("/jobs", response_class=HTMLResponse)
 async def job_list(request: Request, status: str = "", offset: int = 0) -> Response:
     page = Page(request)
+    offset = max(0, offset)
     page.require_user()
     listing = await page.api.get("/v1/jobs", {"status": status if status in STATUSES else "",
                                               "limit": PAGE_SIZE, "offset": max(0, offset)})
@@ -52,6 +70,7 @@ async def job_new(request: Request) -> Response:
     values = dict(request.query_params)
     values.setdefault("type", "pretrain" if values.get("method") and not values.get(
         "encoder") else "finetune")
+    values.setdefault("private", "on")  # private unless unticked (the API's default)
     return await _form(page, values, {})
 
 
@@ -74,11 +93,25 @@ async def job_detail(request: Request, job_id: int) -> HTMLResponse:
     page = Page(request)
     page.require_user()
     job = await page.api.get(f"/v1/jobs/{job_id}")
-    events = await page.api.get(f"/v1/jobs/{job_id}/events", {"limit": 500})
-    logs = [e["data"].get("line", "") for e in events["data"] if e["type"] == "log"]
-    last_event = events["data"][-1]["id"] if events["data"] else 0
+    log_tail, last_event = await event_tail(page, job_id)
     return page.render("job.html", job=job, history=job["metrics"].get("history", []),
-                       log_tail=logs[-200:], last_event=last_event)
+                       log_tail=log_tail, last_event=last_event)
+
+
+async def event_tail(page: Page, job_id: int) -> tuple[list[str], int]:
+    """The last LOG_TAIL log lines and the last event id (where the page's live stream
+    resumes), read page by page in id order."""
+    lines: list[str] = []
+    last = 0
+    while True:
+        batch = (await page.api.get(f"/v1/jobs/{job_id}/events",
+                                    {"after": last, "limit": 500}))["data"]
+        lines = (lines + [e["data"].get("line", "") for e in batch
+                          if e["type"] == "log"])[-LOG_TAIL:]
+        if batch:
+            last = batch[-1]["id"]
+        if len(batch) < 500:
+            return lines, last
 
 
 @router.post("/jobs/{job_id}/cancel")

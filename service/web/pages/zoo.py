@@ -17,9 +17,12 @@ FILTERS = ("q", "modality", "method", "family", "dims", "task")
 PAGE_SIZE = 50
 
 
-def evaluation_chart(rows: list[dict[str, Any]], metric: str = "AUC") -> dict[str, Any]:
+def evaluation_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Series for the chart: each protocol beside its random-init baseline (same colour,
-    dashed), across label fractions, on clean test images only."""
+    dashed), across label fractions, on clean test images only, in the card's main
+    metric (AUC where there is one, else the first row's, e.g. Dice)."""
+    metrics = [r["metric"] for r in rows]
+    metric = "AUC" if "AUC" in metrics else (metrics[0] if metrics else "AUC")
     clean = [r for r in rows if r["metric"] == metric and not r.get("test_noise")]
     fractions = sorted({r["label_fraction"] for r in clean})
     protocols = {r["protocol"] for r in clean}
@@ -46,6 +49,7 @@ def usage(repo: str) -> str:
 @router.get("/zoo", response_class=HTMLResponse)
 async def zoo_list(request: Request, offset: int = 0) -> HTMLResponse:
     page = Page(request)
+    offset = max(0, offset)
     params = {k: request.query_params.get(k, "") for k in FILTERS}
     errors: dict[str, Any] = {}
     try:

@@ -107,7 +107,9 @@ function setupJob() {
   const source = new EventSource(`/v1/jobs/${id}/events?after=${root.dataset.after}`);
   source.addEventListener("metrics", (e) => {
     const values = JSON.parse(e.data).data;
-    if (typeof values.epoch === "number" && Object.keys(values).some((k) => k.startsWith("val") || k.includes("loss"))) {
+    const seen = history.length ? history[history.length - 1].epoch : -Infinity;
+    if (typeof values.epoch === "number" && values.epoch > seen &&
+        Object.keys(values).some((k) => k.startsWith("val") || k.includes("loss"))) {
       const record = {epoch: values.epoch};
       Object.entries(values).forEach(([k, v]) => {
         if (typeof v === "number" && (k.startsWith("val") || k.endsWith("loss"))) record[k] = v;
@@ -171,7 +173,60 @@ function setupWizard() {
   window.addEventListener("pageshow", () => form.querySelectorAll("[disabled]").forEach((el) => { el.disabled = false; }));
 }
 
+// Task models: send images to /predict and show the answer (a table, or the mask).
+function setupPredict() {
+  const form = document.getElementById("predict");
+  if (!form) return;
+  const out = document.getElementById("predict-result");
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    out.textContent = "Predicting…";
+    const headers = csrf() ? {"X-CSRF-Token": csrf()} : {};
+    const r = await fetch(`/v1/encoders/${form.dataset.repo}/predict`,
+                          {method: "POST", body: new FormData(form), headers});
+    out.textContent = "";
+    const type = r.headers.get("content-type") || "";
+    if (!r.ok) {
+      const body = type.includes("json") ? await r.json() : {detail: await r.text()};
+      const msg = document.createElement("p");
+      msg.className = "error";
+      msg.textContent = `Refused (${r.status}): ${typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail)}`;
+      out.appendChild(msg);
+      return;
+    }
+    if (type.includes("json")) {
+      const body = await r.json();
+      const table = document.createElement("table");
+      table.className = "list";
+      const head = table.createTHead().insertRow();
+      ["Image", "Decision", ...body.classes].forEach((t) => {
+        const th = document.createElement("th"); th.scope = "col"; th.textContent = t; head.appendChild(th);
+      });
+      const tbody = table.createTBody();
+      body.data.forEach((p) => {
+        const row = tbody.insertRow();
+        [p.image, p.top_class, ...body.classes.map((c) => p.probabilities[c].toFixed(3))]
+          .forEach((t) => { row.insertCell().textContent = t; });
+      });
+      out.appendChild(table);
+      return;
+    }
+    const url = URL.createObjectURL(await r.blob());
+    if (type.includes("png")) {
+      const img = document.createElement("img");
+      img.src = url; img.className = "thumbs";
+      img.alt = `Predicted mask; classes ${r.headers.get("x-mask-classes") || ""}`;
+      out.appendChild(img);
+    } else {
+      const a = document.createElement("a");
+      a.href = url; a.download = "mask.nii.gz"; a.textContent = "Download the predicted mask (NIfTI)";
+      out.appendChild(a);
+    }
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
+  setupPredict();
   setupWizard();
   document.body.addEventListener("htmx:configRequest", (e) => { e.detail.headers["X-CSRF-Token"] = csrf(); });
   setupUpload();
