@@ -270,6 +270,14 @@ def counts(sessions: sessionmaker[Session]) -> dict[str, int]:
                                     .group_by(JobRow.status)).all())
 
 
+def ended_under(sessions: sessionmaker[Session], job_id: int, lease: int) -> bool:
+    """Whether attempt `lease` itself ended the job (its runner wrote the final status),
+    as opposed to the job being taken from it (reaped, handed back, retried)."""
+    with sessions() as session:
+        job = session.get(JobRow, job_id)
+        return job is not None and job.lease == lease and job.status in TERMINAL
+
+
 def owns(sessions: sessionmaker[Session], job_id: int, lease: int) -> bool:
     """Whether attempt `lease` still owns the job (a read; the runner's watchdog)."""
     with sessions() as session:

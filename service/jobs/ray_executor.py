@@ -102,10 +102,12 @@ class RayWorker:
             try:
                 cancel = queue.heartbeat(self.sessions, job_id, lease)
             except queue.LeaseLost:
+                del self.running[job_id]
+                if queue.ended_under(self.sessions, job_id, lease):
+                    continue  # the runner finished the job and is exiting: let it
                 log.warning("job %s was taken from this dispatcher: stopping Ray job %s",
                             job_id, sub)
                 self.client.stop_job(sub)
-                del self.running[job_id]
                 continue
             if cancel and job_id not in self.cancelling:
                 self.cancelling.add(job_id)

@@ -114,6 +114,11 @@ def test_same_job_same_result_under_both_executors(ray_head: str, tmp_path: Path
         assert by_ray["worker"].startswith("ray:")
         logs = httpx.get(f"{api.url}/v1/jobs/{by_ray['id']}/logs", headers=h(ALICE)).text
         assert "taskalign-job-" in logs and "test AUC" in logs
+        # The runner ends the job, then exits; the dispatcher must not stop it on the way
+        # out (it once read the ended job as taken from it and stopped the Ray job).
+        wait_for(lambda: ray_status(ray_head, api, by_ray["id"], 1) in
+                 ("SUCCEEDED", "STOPPED", "FAILED"), timeout=60)
+        assert ray_status(ray_head, api, by_ray["id"], 1) == "SUCCEEDED"
     finally:
         worker.terminate()
         worker.wait(timeout=20)
