@@ -40,10 +40,10 @@ def evaluation_chart(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"metric": metric, "fractions": fractions, "series": series}
 
 
-def usage(repo: str) -> str:
+def usage(repo: str, server: str) -> str:
     return (f'from huggingface_hub import snapshot_download\n\n'
-            f'path = snapshot_download("{repo}", endpoint="<this server>")\n'
-            f'# or: taskalign zoo pull {repo}')
+            f'path = snapshot_download("{repo}", endpoint="{server}/hf")\n'
+            f'# or: TASKALIGN_URL={server} taskalign zoo pull {repo}')
 
 
 @router.get("/zoo", response_class=HTMLResponse)
@@ -82,4 +82,5 @@ async def zoo_detail(request: Request, owner: str, name: str) -> HTMLResponse:
     return page.render("zoo_detail.html", encoder=encoder, card=card, repo=repo,
                        readme=readme if isinstance(readme, str) else "",
                        chart=evaluation_chart(card.get("evaluation", [])),
-                       children=children["data"], usage=usage(repo))
+                       children=children["data"],
+                       usage=usage(repo, str(request.base_url).rstrip("/")))
