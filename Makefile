@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 # Installed before the project so that dependency resolution never picks a CUDA build.
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run test lint bench clean
+.PHONY: run test lint bench clean deploy-test
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ run: $(STAMP)
 TEST_PROCESSES ?= 2
 test: $(STAMP)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+# Builds the images from Debian packages and starts the compose stack for real (needs a
+# Docker engine and docker-compose; about 10 minutes). Not part of `make test`.
+deploy-test: $(STAMP)
+	TASKALIGN_DEPLOY_TEST=1 $(PY) -m pytest -q -s tests/deploy
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

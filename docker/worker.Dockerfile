@@ -1,20 +1,34 @@
-# TaskAlign GPU worker: CUDA PyTorch base image and onnxruntime-gpu. It claims jobs from
-# the shared PostgreSQL database and runs them on the GPU (AMP, channels-last).
-# Build from the repository root:  docker build -f docker/worker.Dockerfile -t taskalign-worker .
-ARG CUDA_BASE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
-FROM ${CUDA_BASE}
+# TaskAlign GPU worker: a CUDA PyTorch base and onnxruntime-gpu; the same roles as the CPU
+# image (docker/entrypoint.sh), normally `worker`. Build from the repository root:
+#   docker build -f docker/worker.Dockerfile -t taskalign-gpu .
+# Not built on the project's CI machines (no GPU, no Docker Hub); the CPU image, built
+# the same way, is (tests/deploy).
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+FROM ${BASE_IMAGE}
 
-ENV PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TASKALIGN_HOME=/data
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 TASKALIGN_HOME=/data TASKALIGN_DATA_DIR=/datasets
+COPY docker/certs/ /etc/taskalign/certs/
+RUN if [ -f /etc/taskalign/certs/ca-certificates.crt ]; then \
+        printf '[global]\ncert = /etc/taskalign/certs/ca-certificates.crt\n' > /etc/pip.conf; fi
 WORKDIR /app
-
+COPY docker/constraints.txt /app/docker/constraints.txt
 COPY pyproject.toml README.md ./
 COPY rules ./rules
 COPY zoo ./zoo
 COPY service ./service
-# The project depends on the CPU onnxruntime; swap it for the GPU build (same module name).
-RUN pip install ".[postgres]" \
+COPY docker/entrypoint.sh /usr/local/bin/taskalign-entrypoint
+# The base's CUDA torch stays; the project's CPU onnxruntime is swapped for the GPU build
+# (same module name).
+RUN grep -v -E '^(onnxruntime|torch)==' docker/constraints.txt > /tmp/constraints.txt \
+    && pip install -c /tmp/constraints.txt ".[postgres,ray]" \
     && pip uninstall -y onnxruntime \
     && pip install "onnxruntime-gpu>=1.18" \
-    && python -c "import torch, onnxruntime; print(torch.__version__, onnxruntime.get_available_providers())"
-
-CMD ["taskalign", "worker"]
+    && useradd --create-home --uid 10001 taskalign \
+    && mkdir -p /data /datasets && chown taskalign /data
+USER taskalign
+VOLUME /data
+HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=6 \
+    CMD taskalign-entrypoint health
+ENTRYPOINT ["taskalign-entrypoint"]
+CMD ["worker"]
