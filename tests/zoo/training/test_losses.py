@@ -100,6 +100,43 @@ def test_masked_mse_only_counts_masked_patches() -> None:
                          losses.masked_mse(pred, target, mask))
 
 
+def test_masked_pixel_mse_only_counts_removed_pixels() -> None:
+    pred, target = torch.randn(2, 2, 3, 4), torch.randn(2, 2, 3, 4)
+    mask = (torch.rand(2, 1, 3, 4) < 0.4).float()
+    mask[0, 0, 0, 0] = 1
+    total, count = 0.0, 0
+    for b in range(2):
+        for i in range(3):
+            for j in range(4):
+                if mask[b, 0, i, j]:
+                    for c in range(2):
+                        total += float(pred[b, c, i, j] - target[b, c, i, j]) ** 2
+                        count += 1
+    assert math.isclose(float(losses.masked_pixel_mse(pred, target, mask)), total / count,
+                        rel_tol=1e-5)
+    changed = pred + 100 * (1 - mask)  # only pixels that were not removed
+    assert torch.isclose(losses.masked_pixel_mse(changed, target, mask),
+                         losses.masked_pixel_mse(pred, target, mask))
+
+
+def test_cluster_contrast_matches_formula() -> None:
+    n, k, t = 6, 4, 0.7
+    p1, p2 = torch.randn(n, k).softmax(1), torch.randn(n, k).softmax(1)
+    columns = [p1[:, j] for j in range(k)] + [p2[:, j] for j in range(k)]
+    pair = 0.0
+    for i in range(2 * k):
+        num = math.exp(cos(columns[i], columns[(i + k) % (2 * k)]) / t)
+        den = sum(math.exp(cos(columns[i], columns[j]) / t) for j in range(2 * k) if j != i)
+        pair += -math.log(num / den)
+    entropy = 0.0
+    for p in (p1, p2):
+        for j in range(k):
+            share = sum(float(p[r, j]) for r in range(n)) / n
+            entropy -= share * math.log(share)
+    expected = pair / (2 * k) - entropy
+    assert math.isclose(float(losses.cluster_contrast(p1, p2, t)), expected, rel_tol=1e-5)
+
+
 def test_perfect_agreement_gives_minimum() -> None:
     z = torch.randn(8, 16)
     assert float(losses.byol_loss(z, z)) < 1e-6

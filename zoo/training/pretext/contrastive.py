@@ -1,5 +1,5 @@
-"""Contrastive objectives (review 4.1): SimCLR, MoCo v2, MICLe-style group positives, and
-dense pixel/voxel-level contrast."""
+"""Contrastive objectives (review 4.1): SimCLR, MoCo v2, MICLe-style group positives,
+contrastive clustering, and dense pixel/voxel-level contrast."""
 
 from __future__ import annotations
 
@@ -28,6 +28,31 @@ class SimCLR(Objective):
     def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
         v1, v2 = self.views(x, policy, gen)
         return losses.nt_xent(self.embed(v1), self.embed(v2), self.temperature)
+
+
+class ContrastiveClustering(SimCLR):
+    """Contrastive Clustering (Li et al. 2021), as tissue clustering uses it (review [88]):
+    SimCLR's instance contrast plus a softmax head over `clusters` clusters whose
+    assignments must agree across views. The instance term alone separates every image from
+    every other; the cluster term makes the features group images, which is what
+    annotation-free grouping of tissue needs."""
+
+    def __init__(self, encoder: nn.Module, temperature: float = 0.5, clusters: int = 16,
+                 cluster_temperature: float = 1.0, projection_dim: int = 128):
+        super().__init__(encoder, temperature, projection_dim)
+        self.cluster_temperature = cluster_temperature
+        d = encoder.feature_dim
+        self.cluster_head = mlp(d, d, clusters)
+
+    def assign(self, features: torch.Tensor) -> torch.Tensor:
+        """Soft assignments (N, K), in fp32 so that the entropy's logarithm stays exact."""
+        return self.cluster_head(features).float().softmax(1)
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        h1, h2 = (self.encoder(standardise(v)) for v in self.views(x, policy, gen))
+        instance = losses.nt_xent(self.projector(h1), self.projector(h2), self.temperature)
+        return instance + losses.cluster_contrast(self.assign(h1), self.assign(h2),
+                                                  self.cluster_temperature)
 
 
 def group_partners(groups: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:

@@ -1,5 +1,6 @@
-"""Generative objectives (review 4.3): MAE and SimMIM on ViTs; Models Genesis restoration
-and context restoration (patch swapping) on convolutional encoders with a decoder."""
+"""Generative objectives (review 4.3): MAE and SimMIM on ViTs; Models Genesis restoration,
+context restoration (patch swapping) and in-painting on convolutional encoders with a
+decoder."""
 
 from __future__ import annotations
 
@@ -182,10 +183,13 @@ class Restoration(Objective):
     def corrupt(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
         return genesis_corrupt(x, gen) if self.corruption == "genesis" else swap_patches(x, gen)
 
+    def restore(self, x: torch.Tensor) -> torch.Tensor:
+        """Encode a standardised image and decode it back at its own size."""
+        return self.decoder(feature_map(self.encoder, x), list(x.shape[2:]))
+
     def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
         clean = augment(x, policy, gen)
-        restored = self.decoder(feature_map(self.encoder, standardise(self.corrupt(clean, gen))),
-                                list(x.shape[2:]))
+        restored = self.restore(standardise(self.corrupt(clean, gen)))
         return torch.nn.functional.mse_loss(restored, standardise(clean))
 
 
@@ -201,3 +205,51 @@ class ContextRestoration(Restoration):
 
     def __init__(self, encoder: nn.Module, swaps: int = 10):
         super().__init__(encoder, "swap")
+
+
+def hole_mask(shape: torch.Size, holes: int, fraction: float, gen: torch.Generator | None,
+              device: torch.device) -> torch.Tensor:
+    """(B, 1, *spatial), 1 inside `holes` boxes per sample (rectangles in 2D, cuboids in
+    3D) whose sides are `fraction` of the image's; boxes may overlap. Drawn for the whole
+    batch at once, so a CUDA generator costs one draw per axis, not one per box."""
+    b, size = shape[0], list(shape[2:])
+    inside = torch.ones(b, holes, *[1] * len(size), dtype=torch.bool, device=device)
+    for axis, s in enumerate(size):
+        side = max(1, round(s * fraction))
+        start = rng.randint(0, s - side + 1, (b, holes), gen, device)
+        start = start.view(b, holes, *[1] * len(size))
+        at = [1] * (2 + len(size))
+        at[2 + axis] = s
+        pos = torch.arange(s, device=device).view(at)
+        inside = inside & (pos >= start) & (pos < start + side)
+    return inside.any(1, keepdim=True).float()
+
+
+def blank(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fill the masked region with mid-grey, which standardises to zero: like the context
+    encoder's mean fill, it says nothing about what was there."""
+    return torch.where(mask.bool(), torch.full_like(x, 0.5), x)
+
+
+class Inpainting(Restoration):
+    """Context encoders (Pathak et al. 2016); for segmentation, Dominic et al. 2023 (review
+    [17]). Only the removed boxes are scored, so the network must infer them from the
+    surrounding anatomy instead of copying what it saw. `hole_fraction` is a side fraction,
+    as context restoration's patch fraction, so the small-lesion cap on both means the same.
+    Pathak's adversarial term, there to sharpen the fill for viewing, is left out."""
+
+    def __init__(self, encoder: nn.Module, holes: int = 4, hole_fraction: float = 0.15):
+        super().__init__(encoder, "holes")
+        self.holes, self.hole_fraction = holes, hole_fraction
+
+    def removed(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return hole_mask(x.shape, self.holes, self.hole_fraction, gen, x.device)
+
+    def corrupt(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return blank(x, self.removed(x, gen))
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        clean = augment(x, policy, gen)
+        mask = self.removed(clean, gen)
+        restored = self.restore(standardise(blank(clean, mask)))
+        return losses.masked_pixel_mse(restored, standardise(clean), mask)

@@ -7,7 +7,8 @@ milliseconds, so it cannot import the objectives themselves;
 """
 
 PRETRAINABLE = frozenset({
-    "barlow_twins", "byol", "context_restoration", "contrastive_reconstruction",
-    "dense_contrast", "dino", "ijepa", "jigsaw", "mae", "micle", "moco_v2", "models_genesis",
-    "rotation_prediction", "rubiks_cube", "simclr", "simmim", "vox2vec",
+    "barlow_twins", "byol", "context_restoration", "contrastive_clustering",
+    "contrastive_reconstruction", "dense_contrast", "dino", "ijepa", "inpainting", "jigsaw",
+    "mae", "micle", "moco_v2", "models_genesis", "rotation_prediction", "rubiks_cube",
+    "simclr", "simmim", "vox2vec",
 })

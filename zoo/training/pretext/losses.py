@@ -78,6 +78,37 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
     return (per_patch * mask).sum() / mask.sum().clamp(min=1)
 
 
+def masked_pixel_mse(pred: torch.Tensor, target: torch.Tensor,
+                     mask: torch.Tensor) -> torch.Tensor:
+    """Context-encoder in-painting loss (Pathak et al. 2016; for segmentation, review [17]):
+    squared error over the removed pixels only, since the encoder saw the rest and copying
+    it back would teach nothing. pred, target: (B, C, *spatial); mask: (B, 1, *spatial)
+    with 1 where content was removed. Each pixel is a one-pixel patch of `masked_mse`."""
+    def pixels(t: torch.Tensor) -> torch.Tensor:
+        return t.flatten(2).transpose(1, 2)
+
+    return masked_mse(pixels(pred), pixels(target), mask.flatten(1))
+
+
+def assignment_entropy(p: torch.Tensor) -> torch.Tensor:
+    """Entropy of the batch's mean soft cluster assignment; p: (N, K) rows on the simplex."""
+    q = p.mean(0)
+    return -(q * q.clamp(min=1e-12).log()).sum()
+
+
+def cluster_contrast(p1: torch.Tensor, p2: torch.Tensor,
+                     temperature: float = 1.0) -> torch.Tensor:
+    """Cluster-level loss of Contrastive Clustering (Li et al. 2021), which tissue
+    clustering builds on (review [88]). p1, p2: (N, K) soft assignments of two views.
+
+    A cluster is represented by its column, the batch's memberships in it, so NT-Xent over
+    columns makes both views split the batch the same way; agreement alone is met by
+    putting every image in one cluster, which subtracting each view's assignment entropy
+    rules out."""
+    agreement = nt_xent(p1.t(), p2.t(), temperature)
+    return agreement - assignment_entropy(p1) - assignment_entropy(p2)
+
+
 def latent_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """I-JEPA: distance between predicted and target-encoder latents of the target blocks
     (Assran et al. 2023); targets are layer-normalised and never receive gradients."""

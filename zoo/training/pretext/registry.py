@@ -7,8 +7,8 @@ from typing import Any
 from torch import nn
 
 from .base import Objective, ObjectiveError
-from .contrastive import DenseContrast, MICLe, MoCoV2, SimCLR
-from .generative import MAE, ContextRestoration, ModelsGenesis, SimMIM
+from .contrastive import ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
+from .generative import MAE, ContextRestoration, Inpainting, ModelsGenesis, SimMIM
 from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
 from .noncontrastive import BYOL, DINO, BarlowTwins
@@ -18,6 +18,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
     "moco_v2": (MoCoV2, "cnn"),
     "micle": (MICLe, "cnn"),
+    "contrastive_clustering": (ContrastiveClustering, "cnn"),
     "dense_contrast": (DenseContrast, "cnn"),
     "vox2vec": (DenseContrast, "cnn"),
     "byol": (BYOL, "cnn"),
@@ -30,6 +31,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simmim": (SimMIM, "vit"),
     "models_genesis": (ModelsGenesis, "cnn"),
     "context_restoration": (ContextRestoration, "cnn"),
+    "inpainting": (Inpainting, "cnn"),
     "ijepa": (IJEPA, "vit"),
     "contrastive_reconstruction": (ContrastiveRestoration, "cnn"),
 }
