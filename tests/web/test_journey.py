@@ -4,6 +4,7 @@ result; each page checked with axe-core, and reachable by keyboard."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import re
@@ -64,6 +65,18 @@ def shot(page: object, name: str) -> None:
     if SHOTS:
         Path(SHOTS).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(SHOTS) / f"{name}.png"))
+
+
+def drop_file(page: object, target: str, path: Path) -> None:
+    """Drop a file on an element the way a browser does: a drop event carrying it."""
+    payload = base64.b64encode(path.read_bytes()).decode()
+    page.locator(target).evaluate("""(el, [name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        const data = new DataTransfer();
+        data.items.add(new File([bytes], name));
+        el.dispatchEvent(new DragEvent("dragenter", {dataTransfer: data, bubbles: true}));
+        el.dispatchEvent(new DragEvent("drop", {dataTransfer: data, bubbles: true}));
+    }""", [path.name, payload])
 
 
 def accessible(page: object) -> None:
@@ -148,7 +161,7 @@ def test_journey(browser: object, server: Server, pneumonia_npz: Path,
 
     # Upload a real dataset: progress bar, then its page with counts and thumbnails.
     page.goto("/datasets")
-    page.set_input_files("#u-file", str(pneumonia_npz))
+    drop_file(page, "#drop", pneumonia_npz)  # dragged in, as a person would
     assert page.get_by_label("Name").input_value() == "pneumonia-small"
     page.get_by_label("Modality").fill("xray")
     page.get_by_role("button", name="Upload").click()
