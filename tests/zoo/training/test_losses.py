@@ -137,6 +137,42 @@ def test_cluster_contrast_matches_formula() -> None:
     assert math.isclose(float(losses.cluster_contrast(p1, p2, t)), expected, rel_tol=1e-5)
 
 
+def test_negative_cosine_matches_formula_and_stops_the_target_gradient() -> None:
+    p, z = torch.randn(5, 7, requires_grad=True), torch.randn(5, 7, requires_grad=True)
+    expected = -sum(cos(p[i].detach(), z[i].detach()) for i in range(5)) / 5
+    loss = losses.negative_cosine(p, z)
+    assert math.isclose(float(loss.detach()), expected, rel_tol=1e-5)
+    loss.backward()
+    assert z.grad is None and p.grad is not None
+
+
+def test_nnclr_loss_matches_formula() -> None:
+    n, m, t = 4, 7, 0.3
+    z, p, support = torch.randn(n, 5), torch.randn(n, 5), torch.randn(m, 5)
+    stored = torch.tensor([True, True, False, True, True, False, True])
+
+    def expected(allowed: list[int]) -> float:
+        total = 0.0
+        for i in range(n):
+            j = max(allowed, key=lambda r: cos(z[i], support[r]))
+            num = math.exp(cos(support[j], p[i]) / t)
+            den = sum(math.exp(cos(support[j], p[k]) / t) for k in range(n))
+            total += -math.log(num / den)
+        return total / n
+
+    assert math.isclose(float(losses.nnclr_loss(z, p, support, t)), expected(list(range(m))),
+                        rel_tol=1e-5)
+    kept = [r for r in range(m) if stored[r]]
+    assert math.isclose(float(losses.nnclr_loss(z, p, support, t, stored)), expected(kept),
+                        rel_tol=1e-5)
+
+
+def test_nearest_neighbours_of_an_empty_support_set_are_the_samples() -> None:
+    z = torch.randn(3, 4, requires_grad=True)
+    picked = losses.nearest_neighbours(z, torch.randn(5, 4), torch.zeros(5, dtype=torch.bool))
+    assert torch.equal(picked, z.detach()) and not picked.requires_grad
+
+
 def test_perfect_agreement_gives_minimum() -> None:
     z = torch.randn(8, 16)
     assert float(losses.byol_loss(z, z)) < 1e-6

@@ -1,5 +1,5 @@
-"""Contrastive objectives (review 4.1): SimCLR, MoCo v2, MICLe-style group positives,
-contrastive clustering, and dense pixel/voxel-level contrast."""
+"""Contrastive objectives (review 4.1): SimCLR, MoCo v2, NNCLR, MICLe-style group
+positives, contrastive clustering, and dense pixel/voxel-level contrast."""
 
 from __future__ import annotations
 
@@ -83,6 +83,19 @@ class MICLe(SimCLR):
         return losses.nt_xent(self.embed(v1), self.embed(v2), self.temperature)
 
 
+@torch.no_grad()
+def push_fifo(queue: torch.Tensor, pointer: torch.Tensor, rows: torch.Tensor) -> None:
+    """Write `rows` over the oldest rows of a ring buffer `queue` and advance `pointer`,
+    both in place. A batch larger than the queue keeps only its last rows: indices written
+    twice in one assignment would leave it to chance which value stays."""
+    size = queue.shape[0]
+    rows = rows[-size:]
+    n = rows.shape[0]
+    idx = (pointer + torch.arange(n, device=queue.device)) % size
+    queue[idx] = rows.to(queue.dtype)  # rows are bf16 under CUDA autocast
+    pointer.copy_((pointer + n) % size)
+
+
 class MoCoV2(Objective):
     """Momentum contrast with a queue of keys (He et al. 2020; Chen et al. 2020; review [27])."""
 
@@ -108,15 +121,42 @@ class MoCoV2(Objective):
         self._enqueue(F.normalize(k, dim=1))
         return loss
 
-    @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        n, size = keys.shape[0], self.queue.shape[0]
-        idx = (self.pointer + torch.arange(n, device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)  # keys are bf16 under CUDA autocast
-        self.pointer.copy_((self.pointer + n) % size)
+        push_fifo(self.queue, self.pointer, keys)
 
     def after_step(self) -> None:
         self.key.update(nn.ModuleDict({"encoder": self.encoder, "projector": self.projector}))
+
+
+class NNCLR(SimCLR):
+    """Nearest-neighbour contrast (Dwibedi et al. 2021); for MRI of neurodegenerative
+    disorders, review [24]. The positive of a view is the nearest neighbour of its
+    projection among `support_set_size` projections of past batches, so different scans
+    that look alike (slices of similar anatomy) pull together, which crops of one scan
+    alone cannot teach. A predictor on the other branch, as in the paper, and both
+    directions averaged. The support set holds stop-gradient projections, normalised; only
+    the first view's are stored, as the paper does, so one image does not fill two rows."""
+
+    def __init__(self, encoder: nn.Module, temperature: float = 0.1,
+                 support_set_size: int = 16384, projection_dim: int = 256,
+                 predictor_hidden: int = 4096):
+        super().__init__(encoder, temperature, projection_dim)
+        self.predictor = mlp(projection_dim, predictor_hidden, projection_dim)
+        # Zeros until filled; rows at or past `filled` are never picked as neighbours.
+        self.register_buffer("support", torch.zeros(support_set_size, projection_dim))
+        self.register_buffer("pointer", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        z1, z2 = (self.embed(v) for v in self.views(x, policy, gen))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        stored = torch.arange(len(self.support), device=self.support.device) < self.filled
+        loss = (losses.nnclr_loss(z1, p2, self.support, self.temperature, stored)
+                + losses.nnclr_loss(z2, p1, self.support, self.temperature, stored)) / 2
+        with torch.no_grad():
+            push_fifo(self.support, self.pointer, F.normalize(z1.detach(), dim=1))
+            self.filled.copy_((self.filled + len(z1)).clamp(max=len(self.support)))
+        return loss
 
 
 class DenseContrast(Objective):

@@ -9,6 +9,6 @@ milliseconds, so it cannot import the objectives themselves;
 PRETRAINABLE = frozenset({
     "barlow_twins", "byol", "context_restoration", "contrastive_clustering",
     "contrastive_reconstruction", "dense_contrast", "dino", "ijepa", "inpainting", "jigsaw",
-    "mae", "micle", "moco_v2", "models_genesis", "rotation_prediction", "rubiks_cube",
-    "simclr", "simmim", "vox2vec",
+    "mae", "micle", "moco_v2", "models_genesis", "nnclr", "rotation_prediction",
+    "rubiks_cube", "simclr", "simmim", "simsiam", "vox2vec",
 })

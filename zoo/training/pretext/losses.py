@@ -36,6 +36,40 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
 
 
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, z) = -cos(p, stopgrad(z)), averaged (Chen & He 2021). Without a
+    momentum target or negatives, the stop-gradient is what keeps the two branches from
+    collapsing to a constant; it lives here so that no caller can forget it."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def nearest_neighbours(z: torch.Tensor, support: torch.Tensor,
+                       stored: torch.Tensor | None = None) -> torch.Tensor:
+    """For each row of z, the row of `support` with the highest cosine similarity, without
+    gradient (NNCLR, Dwibedi et al. 2021). `stored` (one bool per support row) marks the
+    rows that hold real embeddings; while none do, each row is its own neighbour, since a
+    placeholder picked as a positive would only teach noise. That fallback is a tensor
+    select, not a Python branch, so it costs no host-device synchronisation."""
+    z = z.detach()
+    sim = F.normalize(z.float(), dim=1) @ F.normalize(support.float(), dim=1).t()
+    if stored is None:
+        return support[sim.argmax(1)].to(z.dtype)
+    picked = support[sim.masked_fill(~stored, float("-inf")).argmax(1)].to(z.dtype)
+    return torch.where(stored.any(), picked, z)
+
+
+def nnclr_loss(z: torch.Tensor, p: torch.Tensor, support: torch.Tensor,
+               temperature: float = 0.1, stored: torch.Tensor | None = None) -> torch.Tensor:
+    """NNCLR's loss for one direction (Dwibedi et al. 2021, review [24]): sample i's
+    positive is the nearest neighbour of its projection z_i in the support set, scored
+    against the predictions p_k of the other view; the other samples' p_k are its
+    negatives. The neighbour is another image that the network already maps close by, so
+    the positive varies more than two crops of one image can."""
+    nn = F.normalize(nearest_neighbours(z, support, stored), dim=1)
+    logits = nn @ F.normalize(p, dim=1).t() / temperature
+    return F.cross_entropy(logits, torch.arange(len(p), device=p.device))
+
+
 def barlow_twins_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float = 0.005,
                       eps: float = 1e-5) -> torch.Tensor:
     """Barlow Twins: cross-correlation of batch-standardised embeddings pushed to the

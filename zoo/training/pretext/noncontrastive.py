@@ -1,4 +1,5 @@
-"""Non-contrastive joint-embedding objectives (review 4.2.1, 4.2.2): BYOL, DINO, Barlow Twins."""
+"""Non-contrastive joint-embedding objectives (review 4.2.1, 4.2.2): BYOL, SimSiam, DINO,
+Barlow Twins."""
 
 from __future__ import annotations
 
@@ -32,6 +33,29 @@ class BYOL(Objective):
 
     def after_step(self) -> None:
         self.target.update(nn.Sequential(self.encoder, self.projector))
+
+
+class SimSiam(Objective):
+    """Chen & He 2021; for histopathology segmentation, review [79]. BYOL without the
+    momentum target: each view's prediction chases the other view's projection held fixed
+    by a stop-gradient, which alone prevents collapse, so there is no second encoder to
+    keep and no negatives, hence small batches suffice. As in the paper, the projector ends
+    in a BatchNorm and the predictor is a bottleneck (`predictor_hidden` a quarter of
+    `projection_dim` by default)."""
+
+    def __init__(self, encoder: nn.Module, predictor_hidden: int = 512,
+                 projection_dim: int = 2048):
+        super().__init__()
+        self.encoder = encoder
+        d = encoder.feature_dim
+        self.projector = mlp(d, d, projection_dim, last_bn=True)
+        self.predictor = mlp(projection_dim, predictor_hidden, projection_dim)
+
+    def loss(self, x, policy, gen=None, groups=None):  # noqa: ANN001, ANN201
+        z1, z2 = (self.projector(self.encoder(standardise(v)))
+                  for v in self.views(x, policy, gen))
+        p1, p2 = self.predictor(z1), self.predictor(z2)
+        return (losses.negative_cosine(p1, z2) + losses.negative_cosine(p2, z1)) / 2
 
 
 class DINO(Objective):

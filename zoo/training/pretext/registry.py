@@ -7,21 +7,23 @@ from typing import Any
 from torch import nn
 
 from .base import Objective, ObjectiveError
-from .contrastive import ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
+from .contrastive import NNCLR, ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
 from .generative import MAE, ContextRestoration, Inpainting, ModelsGenesis, SimMIM
 from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
-from .noncontrastive import BYOL, DINO, BarlowTwins
+from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
 
 OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
     "moco_v2": (MoCoV2, "cnn"),
+    "nnclr": (NNCLR, "cnn"),
     "micle": (MICLe, "cnn"),
     "contrastive_clustering": (ContrastiveClustering, "cnn"),
     "dense_contrast": (DenseContrast, "cnn"),
     "vox2vec": (DenseContrast, "cnn"),
     "byol": (BYOL, "cnn"),
+    "simsiam": (SimSiam, "cnn"),
     "dino": (DINO, "any"),
     "barlow_twins": (BarlowTwins, "any"),
     "rotation_prediction": (RotationPrediction, "any"),
