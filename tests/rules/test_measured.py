@@ -41,8 +41,18 @@ def test_segmentation_answers_carry_what_our_runs_showed() -> None:
 def test_other_tasks_and_modalities_get_no_such_note() -> None:
     assert measured_notes(task="classification", modality="endoscopy", labeled=80,
                           unlabeled=700) == []
-    assert measured_notes(task="classification", modality="ct", label_regime="low") == []
+    assert measured_notes(task="classification", modality="pet", label_regime="low") == []
     assert measured_notes(task="segmentation", modality="mri", dimensionality="2d",
                           labeled=80, unlabeled=700) == []
     assert measured_notes(task="segmentation", modality="ct", labeled=80,
                           unlabeled=700) == []
+
+
+def test_3d_classification_answers_carry_the_3d_seed_cards() -> None:
+    [ct] = measured_notes(task="classification", modality="ct", label_regime="low")
+    assert "resnet10-3d.rubik-adrenalmnist3d" in ct and "worse than the best random" in ct
+    [mri] = measured_notes(task="classification", modality="mri", dimensionality="3d",
+                           label_regime="low")
+    assert "resnet10-3d.genesis-vesselmnist3d" in mri
+    assert measured_notes(task="classification", modality="ct", dimensionality="2d",
+                          label_regime="low") == []  # the 3D card says nothing of slices
