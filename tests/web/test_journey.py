@@ -191,6 +191,7 @@ def test_journey(browser: object, server: Server, pneumonia_npz: Path,
                                                       timeout=180_000)
     shot(page, "job-running")
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=180_000)
+    expect(page.locator("#job-where")).to_contain_text("on cpu, attempt 1 of")  # live too
     result = page.locator("#job-result a")
     result.wait_for()
     assert page.locator("#job-log").inner_text().count("epoch") >= 6

@@ -138,6 +138,9 @@ function setupJob() {
     }
     statusEl.textContent = job.status;
     statusEl.className = `status s-${job.status}`;
+    document.getElementById("job-where").textContent =
+      (job.device ? ` on ${job.device}` : "") + `, attempt ${job.attempts} of ${job.max_attempts}` +
+      (job.worker ? `, worker ${job.worker}` : "");
     if (job.result && job.result.encoder && result.hidden) {
       result.textContent = "Result: ";
       const link = document.createElement("a");
