@@ -14,15 +14,20 @@ router = APIRouter(include_in_schema=False)
 PAGE_SIZE = 50
 
 
+async def list_page(page: Page, offset: int = 0, status: int = 200,
+                    error: str | None = None) -> Response:
+    """The list with the upload form, and the upload's error when it was refused."""
+    listing = await page.api.get("/v1/datasets", {"limit": PAGE_SIZE, "offset": offset})
+    modalities = page.request.app.state.rules_engine.kb.vocabulary.allowed("modality")
+    return page.render("datasets.html", status, listing=listing, offset=offset,
+                       page_size=PAGE_SIZE, modalities=modalities, error=error)
+
+
 @router.get("/datasets", response_class=HTMLResponse)
 async def dataset_list(request: Request, offset: int = 0) -> Response:
     page = Page(request)
-    offset = max(0, offset)
     page.require_user()
-    listing = await page.api.get("/v1/datasets", {"limit": PAGE_SIZE, "offset": max(0, offset)})
-    modalities = request.app.state.rules_engine.kb.vocabulary.allowed("modality")
-    return page.render("datasets.html", listing=listing, offset=offset, page_size=PAGE_SIZE,
-                       modalities=modalities, error=None)
+    return await list_page(page, max(0, offset))
 
 
 @router.post("/datasets", response_model=None)
@@ -44,10 +49,7 @@ async def dataset_upload(request: Request) -> Response:
     except ApiError as err:
         if wants_json:
             return JSONResponse({"detail": err.message}, err.status)
-        listing = await page.api.get("/v1/datasets", {"limit": PAGE_SIZE})
-        modalities = request.app.state.rules_engine.kb.vocabulary.allowed("modality")
-        return page.render("datasets.html", err.status, listing=listing, offset=0,
-                           page_size=PAGE_SIZE, modalities=modalities, error=err.message)
+        return await list_page(page, status=err.status, error=err.message)
     location = f"/datasets/{created['id']}"
     if wants_json:
         return JSONResponse({"id": created["id"], "location": location}, 201)

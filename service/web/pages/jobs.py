@@ -58,7 +58,7 @@ async def job_list(request: Request, status: str = "", offset: int = 0) -> Respo
     offset = max(0, offset)
     page.require_user()
     listing = await page.api.get("/v1/jobs", {"status": status if status in STATUSES else "",
-                                              "limit": PAGE_SIZE, "offset": max(0, offset)})
+                                              "limit": PAGE_SIZE, "offset": offset})
     return page.render("jobs.html", listing=listing, status=status, statuses=STATUSES,
                        offset=offset, page_size=PAGE_SIZE)
 

@@ -54,7 +54,7 @@ async def zoo_list(request: Request, offset: int = 0) -> HTMLResponse:
     errors: dict[str, Any] = {}
     try:
         listing = await page.api.get("/v1/encoders", {**params, "limit": PAGE_SIZE,
-                                                      "offset": max(0, offset)})
+                                                      "offset": offset})
     except ApiError as err:
         if err.status != 422:
             raise
