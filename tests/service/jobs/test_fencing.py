@@ -134,10 +134,15 @@ def start_worker(home: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def runner_alive(job_id: int, lease: int) -> bool:
-    found = subprocess.run(["pgrep", "-f", f"service.jobs.runner {job_id} {lease}$"],
-                           capture_output=True)
-    return found.returncode == 0
+def runner_alive(worker: subprocess.Popen, job_id: int, lease: int) -> bool:
+    """Whether `worker` has a live (not yet exited) runner child for this attempt. Only
+    this worker's children count: tests running beside this one have their own job 1,
+    lease 1. An exited child its stopped parent cannot reap is a zombie, not alive."""
+    listed = subprocess.run(["ps", "-o", "stat=,args=", "--ppid", str(worker.pid)],
+                            capture_output=True, text=True).stdout.splitlines()
+    wanted = f"service.jobs.runner {job_id} {lease}"
+    return any(not line.lstrip().startswith("Z") and line.rstrip().endswith(wanted)
+               for line in listed)
 
 
 def test_a_paused_worker_that_comes_back_changes_nothing(tmp_path: Path) -> None:
@@ -166,10 +171,11 @@ def test_a_paused_worker_that_comes_back_changes_nothing(tmp_path: Path) -> None
         workers.append(start_worker(tmp_path))
         wait_for(lambda: job()["progress"].get("epoch", 0) >= 1, 180)
         workers[0].send_signal(signal.SIGSTOP)  # its runner child keeps going, unfenced
+        assert runner_alive(workers[0], job_id, 1)
         workers.append(start_worker(tmp_path))
         wait_for(lambda: job()["attempts"] == 2 and job()["status"] == "running", 60)
         # The first attempt's runner notices within about a second and exits.
-        wait_for(lambda: not runner_alive(job_id, 1), 10)
+        wait_for(lambda: not runner_alive(workers[0], job_id, 1), 10)
         workers[0].send_signal(signal.SIGCONT)
         final = wait_for(lambda: (j := job())["status"] in ("succeeded", "failed") and j, 300)
         assert final["status"] == "succeeded", final
