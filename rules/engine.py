@@ -549,6 +549,7 @@ class Engine:
             },
             "data_needs": static["data_needs"],
             "pretrainable": static["pretrainable"],
+            "literature_only": m.literature_only,
             "rationale": rationale,
             "supports": [*self.evidence([r for r in supports if r not in against]),
                          *(e for e in measured if e["verdict"] == "agrees")],

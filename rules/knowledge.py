@@ -50,6 +50,9 @@ class Method(Strict):
     augmentations: list[str] = []
     references: list[RefId]
     summary: str
+    literature_only: str | None = None
+    """Why this project cannot pretrain it: the defining input (meshes, tractography,
+    fMRI graphs, an atlas) is one no public set beside it provides. Reported, not hidden."""
 
 
 class Reference(Strict):

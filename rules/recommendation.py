@@ -89,6 +89,9 @@ class MethodRecommendation(BaseModel):
     data_needs: list[str]
     pretrainable: bool | None
     """Whether this installation implements the objective (None: unknown, no zoo installed)."""
+    literature_only: str | None = None
+    """Set when the catalog marks the method as literature-only: why it cannot be
+    pretrained here (its defining input is not available), so a user knows before trying."""
     rationale: list[Reason]
     supports: list[Evidence]
     """Studies in the method's favour for this task: its catalog entry, a Table 3 cell that

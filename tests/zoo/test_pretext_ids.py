@@ -22,3 +22,23 @@ def test_recommendations_say_which_methods_can_be_pretrained() -> None:
     assert {r.id for r in rec.recommendations if r.pretrainable} == (
         PRETRAINABLE & {r.id for r in rec.recommendations})
     assert any(not r.pretrainable for r in rec.recommendations)
+
+
+def test_literature_only_methods_are_not_pretrainable_and_say_why() -> None:
+    marked = {m.id: m.literature_only for m in default_engine().kb.methods.values()
+              if m.literature_only}
+    assert marked, "the catalog marks the methods no data here can feed"
+    assert not set(marked) & PRETRAINABLE
+    assert all(len(reason) > 40 for reason in marked.values())
+
+
+def test_a_literature_only_recommendation_carries_its_reason() -> None:
+    from rules import TaskProfile
+
+    profile = TaskProfile(task="segmentation", modality="mri", anatomy="brain",
+                          dimensionality="3d", label_regime="low", top_k=100)
+    rec = default_engine().recommend(profile)
+    by_id = {r.id: r for r in rec.recommendations}
+    assert by_id["geodesic_distance"].literature_only.startswith("It needs serial sections")
+    assert by_id["geodesic_distance"].pretrainable is False
+    assert all(r.literature_only is None for r in rec.recommendations if r.pretrainable)
