@@ -59,12 +59,20 @@ def render() -> str:
     ]
     for m in methods:
         refs = ", ".join(f"[{r}]" for r in m.references) or "-"
-        ran = "; ".join(where.get(m.id, [])) or ("objective tests, no seed encoder yet"
-                                                   if m.id in PRETRAINABLE
-                                                   else "-")
+        ran = "; ".join(where.get(m.id, [])) or (
+            "objective tests (formula, a short run on real images), no seed encoder yet"
+            if m.id in PRETRAINABLE else "-")
+        runnable = ("yes" if m.id in PRETRAINABLE
+                    else "literature only (see below)" if m.literature_only else "not yet")
         lines.append(f"| {m.name} | `{m.id}` | {m.family.replace('_', ' ')} | "
-                     f"{', '.join(m.dims)} | {'yes' if m.id in PRETRAINABLE else 'no'} | "
-                     f"{ran} | {refs} |")
+                     f"{', '.join(m.dims)} | {runnable} | {ran} | {refs} |")
+    literature = [m for m in methods if m.literature_only]
+    if literature:
+        lines += ["", "## Literature only", "",
+                  "These methods stay in the catalog, because the review's evidence for them",
+                  "holds, but their defining input exists in no data set beside the project.",
+                  "The engine returns the reason as `literature_only`:", ""]
+        lines += [f"- `{m.id}`: {m.literature_only}" for m in literature]
     return "\n".join(lines) + "\n"
 
 

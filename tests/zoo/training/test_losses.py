@@ -179,3 +179,22 @@ def test_perfect_agreement_gives_minimum() -> None:
     assert float(losses.barlow_twins_loss(z, z, 0.0)) < 1e-3
     assert float(losses.latent_regression(
         torch.nn.functional.layer_norm(z, (16,)), z)) < 1e-6
+
+
+def test_margin_contrastive_matches_formula() -> None:
+    from zoo.training.pretext.losses import margin_contrastive
+
+    torch.manual_seed(0)
+    za, zb = torch.randn(5, 3), torch.randn(5, 3)
+    groups = torch.tensor([0, 0, 1, 2, 2])
+    same = groups[:, None] == groups[None, :]
+    pos, neg = [], []
+    for i in range(5):
+        for j in range(5):
+            d = float(((za[i] - zb[j]) ** 2).sum().sqrt())
+            (pos if same[i, j] else neg).append(d ** 2 if same[i, j] else max(0.0, 1.5 - d) ** 2)
+    expected = sum(pos) / len(pos) + sum(neg) / len(neg)
+    assert abs(float(margin_contrastive(za, zb, same, 1.5)) - expected) < 1e-5
+    # Far-apart negatives and coinciding positives cost nothing.
+    z = torch.eye(3) * 10
+    assert float(margin_contrastive(z, z, torch.eye(3, dtype=torch.bool), 1.0)) == 0.0

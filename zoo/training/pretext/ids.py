@@ -9,6 +9,7 @@ milliseconds, so it cannot import the objectives themselves;
 PRETRAINABLE = frozenset({
     "barlow_twins", "byol", "context_restoration", "contrastive_clustering",
     "contrastive_reconstruction", "dense_contrast", "dino", "ijepa", "inpainting", "jigsaw",
-    "mae", "micle", "moco_v2", "models_genesis", "nnclr", "rotation_prediction",
+    "mae", "micle", "moco_v2", "models_genesis", "nnclr", "patient_siamese",
+    "rotation_prediction",
     "rubiks_cube", "simclr", "simmim", "simsiam", "vox2vec",
 })

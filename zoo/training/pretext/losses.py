@@ -148,3 +148,16 @@ def latent_regression(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     (Assran et al. 2023); targets are layer-normalised and never receive gradients."""
     target = F.layer_norm(target.detach(), target.shape[-1:])
     return F.smooth_l1_loss(pred, target)
+
+
+def margin_contrastive(za: torch.Tensor, zb: torch.Tensor, same: torch.Tensor,
+                       margin: float = 1.0) -> torch.Tensor:
+    """The Siamese contrastive loss of Hadsell, Chopra and LeCun (2006) over all pairs
+    (a_i, b_j): same-group pairs pay their squared distance, other pairs pay the squared
+    shortfall of their distance below `margin`. Each half is averaged over its own pairs,
+    so a batch with few positives still feels them."""
+    d = torch.cdist(za.float(), zb.float())
+    pos, neg = d[same], d[~same]
+    pull = pos.pow(2).mean() if pos.numel() else d.new_zeros(())
+    push = F.relu(margin - neg).pow(2).mean() if neg.numel() else d.new_zeros(())
+    return pull + push

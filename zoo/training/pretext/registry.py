@@ -13,12 +13,14 @@ from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
+from .siamese import PatientSiamese
 
 OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
     "moco_v2": (MoCoV2, "cnn"),
     "nnclr": (NNCLR, "cnn"),
     "micle": (MICLe, "cnn"),
+    "patient_siamese": (PatientSiamese, "cnn"),
     "contrastive_clustering": (ContrastiveClustering, "cnn"),
     "dense_contrast": (DenseContrast, "cnn"),
     "vox2vec": (DenseContrast, "cnn"),
