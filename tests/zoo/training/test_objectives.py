@@ -22,19 +22,25 @@ VIT = {2: {"patch_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "
        3: {"patch_size": 7, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "num_heads": 3}}
 
 
-def encoder_for(kind: str, dims: int):  # noqa: ANN201
+# Objectives whose defining input has several channels (modalities, RGB stains).
+CHANNELS: dict[str, int] = {}
+
+
+def encoder_for(kind: str, dims: int, channels: int = 1):  # noqa: ANN201
     if kind == "vit":
-        return build_encoder("vit", dims, 1, [28] * dims, VIT[dims])
-    return build_encoder("resnet18", dims, 1, [28] * dims, {"widths": [8, 8, 16, 16]})
+        return build_encoder("vit", dims, channels, [28] * dims, VIT[dims])
+    return build_encoder("resnet18", dims, channels, [28] * dims, {"widths": [8, 8, 16, 16]})
 
 
 def objective_for(method: str, dims: int):  # noqa: ANN201
     """The objective on a small encoder of the kind it needs (ViT or CNN)."""
     kind = OBJECTIVES[method][1]
-    return build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims))
+    return build_objective(method, encoder_for("vit" if kind == "vit" else "cnn", dims,
+                                               CHANNELS.get(method, 1)))
 
 
-ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2}  # the catalog's dims
+ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2, "slice_ordering": 3,
+             "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3}  # the catalog's dims
 CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 
 
@@ -42,7 +48,7 @@ CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 def test_loss_is_finite_and_trains_the_encoder(method: str, dims: int) -> None:
     torch.manual_seed(0)
     obj = objective_for(method, dims)
-    x = torch.rand(6 if dims == 2 else 4, 1, *[28] * dims)
+    x = torch.rand(6 if dims == 2 else 4, CHANNELS.get(method, 1), *[28] * dims)
     loss = obj.loss(x, POLICY, torch.Generator().manual_seed(0),
                     groups=torch.tensor([0, 0, 1, 1, 2, 2][: x.shape[0]]))
     assert torch.isfinite(loss)
@@ -57,7 +63,7 @@ def test_loss_under_bf16_autocast(method: str, dims: int) -> None:
     (in-place writes of bf16 results into fp32 buffers once failed only on a GPU)."""
     torch.manual_seed(0)
     obj = objective_for(method, dims)
-    x = torch.rand(4, 1, *[28] * dims)
+    x = torch.rand(4, CHANNELS.get(method, 1), *[28] * dims)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = obj.loss(x, POLICY, torch.Generator().manual_seed(0),
                         groups=torch.tensor([0, 0, 1, 1]))
@@ -72,7 +78,13 @@ def test_wrong_encoder_kind_is_refused() -> None:
         build_objective("simclr", encoder_for("cnn", 2), temprature=0.1)
 
 
-@pytest.mark.parametrize("method", ["contrastive_clustering", "inpainting", "simsiam", "nnclr"])
+# The objectives written after the rule that every catalog hyperparameter is honoured.
+READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "patient_siamese",
+                 "slice_ordering", "ssmtl", "dira", "rotation_contrastive", "lvm_med", "parcl",
+                 "pgl", "unimiss_plus"]
+
+
+@pytest.mark.parametrize("method", READS_CATALOG)
 def test_catalog_hyperparameters_are_all_read(method: str) -> None:
     """The build keeps only the catalog keys a constructor names and drops the rest
     silently; these objectives name every one but the loop's batch size and the crop
@@ -86,7 +98,8 @@ def test_catalog_hyperparameters_are_all_read(method: str) -> None:
     hp.pop("crop_scale", None)
     cls, _ = OBJECTIVES[method]
     assert set(hp) <= set(inspect.signature(cls.__init__).parameters)
-    build_objective(method, encoder_for("cnn", 2), **hp)
+    dims = ONLY_DIMS.get(method, 2)
+    build_objective(method, encoder_for("cnn", dims, CHANNELS.get(method, 1)), **hp)
 
 
 def test_ema_moves_towards_online() -> None:
@@ -242,7 +255,7 @@ def test_pretrain_steps_with_every_augmentation(method: str, dims: int, device: 
 
     obj = objective_for(method, dims)
     policy = Policy.build(sorted(KNOWN), [], 1)
-    images = torch.randint(0, 256, (8, 1, *[28] * dims), dtype=torch.uint8,
+    images = torch.randint(0, 256, (8, CHANNELS.get(method, 1), *[28] * dims), dtype=torch.uint8,
                            generator=torch.Generator().manual_seed(0))
     history = pretrain(obj, images, policy,
                        TrainConfig(epochs=1, batch_size=4, max_steps=2, device=device),

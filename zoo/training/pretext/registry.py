@@ -6,14 +6,19 @@ from typing import Any
 
 from torch import nn
 
+from .adversarial import DiRA
 from .base import Objective, ObjectiveError
 from .contrastive import NNCLR, ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
 from .generative import MAE, ContextRestoration, Inpainting, ModelsGenesis, SimMIM
+from .graph_contrast import LVMMed, PaRCL
 from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
+from .local_distillation import PGL, UniMiSSPlus
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
+from .rotation_contrast import RotationContrast
 from .siamese import PatientSiamese
+from .slices import SSMTL, SliceOrdering
 
 OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
@@ -31,6 +36,8 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "rotation_prediction": (RotationPrediction, "any"),
     "jigsaw": (Jigsaw, "any"),
     "rubiks_cube": (RubiksCube, "any"),
+    "slice_ordering": (SliceOrdering, "cnn"),
+    "ssmtl": (SSMTL, "cnn"),
     "mae": (MAE, "vit"),
     "simmim": (SimMIM, "vit"),
     "models_genesis": (ModelsGenesis, "cnn"),
@@ -38,6 +45,12 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "inpainting": (Inpainting, "cnn"),
     "ijepa": (IJEPA, "vit"),
     "contrastive_reconstruction": (ContrastiveRestoration, "cnn"),
+    "dira": (DiRA, "cnn"),
+    "rotation_contrastive": (RotationContrast, "any"),
+    "lvm_med": (LVMMed, "cnn"),
+    "parcl": (PaRCL, "cnn"),
+    "pgl": (PGL, "cnn"),
+    "unimiss_plus": (UniMiSSPlus, "cnn"),
 }
 
 
