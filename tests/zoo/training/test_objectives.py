@@ -39,8 +39,9 @@ def objective_for(method: str, dims: int):  # noqa: ANN201
                                                CHANNELS.get(method, 1)))
 
 
+# The catalog's dims, for objectives that run in one only.
 ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2, "slice_ordering": 3,
-             "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3}  # the catalog's dims
+             "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3, "rubiks_cube_plus": 3}
 CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 
 
@@ -81,7 +82,7 @@ def test_wrong_encoder_kind_is_refused() -> None:
 # The objectives written after the rule that every catalog hyperparameter is honoured.
 READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "patient_siamese",
                  "slice_ordering", "ssmtl", "dira", "rotation_contrastive", "lvm_med", "parcl",
-                 "pgl", "unimiss_plus"]
+                 "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

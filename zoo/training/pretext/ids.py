@@ -9,7 +9,8 @@ milliseconds, so it cannot import the objectives themselves;
 PRETRAINABLE = frozenset({
     "barlow_twins", "byol", "context_restoration", "contrastive_clustering",
     "contrastive_reconstruction", "dense_contrast", "dino", "dira", "ijepa", "inpainting",
-    "jigsaw", "lvm_med", "mae", "micle", "moco_v2", "models_genesis", "nnclr", "parcl",
-    "patient_siamese", "pgl", "rotation_contrastive", "rotation_prediction", "rubiks_cube",
-    "simclr", "simmim", "simsiam", "slice_ordering", "ssmtl", "unimiss_plus", "vox2vec"
+    "jigsaw", "lvm_med", "mae", "micle", "moco_v2", "models_genesis", "multimodal_puzzle",
+    "nnclr", "parcl", "patient_siamese", "pgl", "rotation_contrastive", "rotation_prediction",
+    "rubiks_cube", "rubiks_cube_plus", "simclr", "simmim", "simsiam", "slice_ordering", "ssmtl",
+    "unimiss_plus", "vox2vec"
 })

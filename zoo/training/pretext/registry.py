@@ -16,6 +16,7 @@ from .jepa import IJEPA
 from .local_distillation import PGL, UniMiSSPlus
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
+from .puzzles import MultimodalPuzzle, RubiksCubePlus
 from .rotation_contrast import RotationContrast
 from .siamese import PatientSiamese
 from .slices import SSMTL, SliceOrdering
@@ -51,6 +52,8 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "parcl": (PaRCL, "cnn"),
     "pgl": (PGL, "cnn"),
     "unimiss_plus": (UniMiSSPlus, "cnn"),
+    "rubiks_cube_plus": (RubiksCubePlus, "any"),
+    "multimodal_puzzle": (MultimodalPuzzle, "any"),
 }
 
 
