@@ -23,7 +23,7 @@ VIT = {2: {"patch_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "
 
 
 # Objectives whose defining input has several channels (modalities, RGB stains).
-CHANNELS: dict[str, int] = {}
+CHANNELS: dict[str, int] = {"self_path": 3}
 
 
 def encoder_for(kind: str, dims: int, channels: int = 1):  # noqa: ANN201
@@ -41,7 +41,8 @@ def objective_for(method: str, dims: int):  # noqa: ANN201
 
 # The catalog's dims, for objectives that run in one only.
 ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2, "slice_ordering": 3,
-             "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3, "rubiks_cube_plus": 3}
+             "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3, "rubiks_cube_plus": 3,
+             "self_path": 2}
 CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 
 
@@ -82,7 +83,8 @@ def test_wrong_encoder_kind_is_refused() -> None:
 # The objectives written after the rule that every catalog hyperparameter is honoured.
 READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "patient_siamese",
                  "slice_ordering", "ssmtl", "dira", "rotation_contrastive", "lvm_med", "parcl",
-                 "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle"]
+                 "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle", "self_path",
+                 "spark"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

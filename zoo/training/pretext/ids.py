@@ -11,6 +11,6 @@ PRETRAINABLE = frozenset({
     "contrastive_reconstruction", "dense_contrast", "dino", "dira", "ijepa", "inpainting",
     "jigsaw", "lvm_med", "mae", "micle", "moco_v2", "models_genesis", "multimodal_puzzle",
     "nnclr", "parcl", "patient_siamese", "pgl", "rotation_contrastive", "rotation_prediction",
-    "rubiks_cube", "rubiks_cube_plus", "simclr", "simmim", "simsiam", "slice_ordering", "ssmtl",
-    "unimiss_plus", "vox2vec"
+    "rubiks_cube", "rubiks_cube_plus", "self_path", "simclr", "simmim", "simsiam",
+    "slice_ordering", "spark", "ssmtl", "unimiss_plus", "vox2vec"
 })

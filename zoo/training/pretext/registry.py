@@ -15,11 +15,13 @@ from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
 from .local_distillation import PGL, UniMiSSPlus
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
+from .pathology import SelfPath
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
 from .puzzles import MultimodalPuzzle, RubiksCubePlus
 from .rotation_contrast import RotationContrast
 from .siamese import PatientSiamese
 from .slices import SSMTL, SliceOrdering
+from .sparse_masking import SparK
 
 OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
@@ -54,6 +56,8 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "unimiss_plus": (UniMiSSPlus, "cnn"),
     "rubiks_cube_plus": (RubiksCubePlus, "any"),
     "multimodal_puzzle": (MultimodalPuzzle, "any"),
+    "self_path": (SelfPath, "cnn"),
+    "spark": (SparK, "cnn"),
 }
 
 
