@@ -23,7 +23,8 @@ VIT = {2: {"patch_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "
 
 
 # Objectives whose defining input has several channels (modalities, RGB stains).
-CHANNELS: dict[str, int] = {"self_path": 3}
+CHANNELS: dict[str, int] = {"self_path": 3, "cross_modal_synthesis": 2,
+                            "missing_sequence_synthesis": 2, "clip_cross_modal": 2}
 
 
 def encoder_for(kind: str, dims: int, channels: int = 1):  # noqa: ANN201
@@ -84,7 +85,8 @@ def test_wrong_encoder_kind_is_refused() -> None:
 READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "patient_siamese",
                  "slice_ordering", "ssmtl", "dira", "rotation_contrastive", "lvm_med", "parcl",
                  "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle", "self_path",
-                 "spark"]
+                 "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
+                 "clip_cross_modal"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

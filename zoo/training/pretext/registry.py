@@ -9,6 +9,7 @@ from torch import nn
 from .adversarial import DiRA
 from .base import Objective, ObjectiveError
 from .contrastive import NNCLR, ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
+from .cross_modal import ClipCrossModal, CrossModalSynthesis, MissingSequenceSynthesis
 from .generative import MAE, ContextRestoration, Inpainting, ModelsGenesis, SimMIM
 from .graph_contrast import LVMMed, PaRCL
 from .hybrid import ContrastiveRestoration
@@ -58,6 +59,9 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "multimodal_puzzle": (MultimodalPuzzle, "any"),
     "self_path": (SelfPath, "cnn"),
     "spark": (SparK, "cnn"),
+    "cross_modal_synthesis": (CrossModalSynthesis, "cnn"),
+    "missing_sequence_synthesis": (MissingSequenceSynthesis, "cnn"),
+    "clip_cross_modal": (ClipCrossModal, "any"),
 }
 
 
