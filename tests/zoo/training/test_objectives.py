@@ -43,7 +43,7 @@ def objective_for(method: str, dims: int):  # noqa: ANN201
 # The catalog's dims, for objectives that run in one only.
 ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2, "slice_ordering": 3,
              "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3, "rubiks_cube_plus": 3,
-             "self_path": 2}
+             "self_path": 2, "temporal_order": 3, "spatiotemporal_transform": 3}
 CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 
 
@@ -86,7 +86,7 @@ READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "pa
                  "slice_ordering", "ssmtl", "dira", "rotation_contrastive", "lvm_med", "parcl",
                  "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle", "self_path",
                  "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
-                 "clip_cross_modal"]
+                 "clip_cross_modal", "temporal_order", "spatiotemporal_transform"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

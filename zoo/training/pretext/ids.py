@@ -12,6 +12,6 @@ PRETRAINABLE = frozenset({
     "ijepa", "inpainting", "jigsaw", "lvm_med", "mae", "micle", "missing_sequence_synthesis",
     "moco_v2", "models_genesis", "multimodal_puzzle", "nnclr", "parcl", "patient_siamese",
     "pgl", "rotation_contrastive", "rotation_prediction", "rubiks_cube", "rubiks_cube_plus",
-    "self_path", "simclr", "simmim", "simsiam", "slice_ordering", "spark", "ssmtl",
-    "unimiss_plus", "vox2vec"
+    "self_path", "simclr", "simmim", "simsiam", "slice_ordering", "spark",
+    "spatiotemporal_transform", "ssmtl", "temporal_order", "unimiss_plus", "vox2vec"
 })

@@ -23,6 +23,7 @@ from .rotation_contrast import RotationContrast
 from .siamese import PatientSiamese
 from .slices import SSMTL, SliceOrdering
 from .sparse_masking import SparK
+from .temporal import SpatioTemporalTransform, TemporalOrder
 
 OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
@@ -62,6 +63,8 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "cross_modal_synthesis": (CrossModalSynthesis, "cnn"),
     "missing_sequence_synthesis": (MissingSequenceSynthesis, "cnn"),
     "clip_cross_modal": (ClipCrossModal, "any"),
+    "temporal_order": (TemporalOrder, "any"),
+    "spatiotemporal_transform": (SpatioTemporalTransform, "any"),
 }
 
 
