@@ -24,7 +24,8 @@ VIT = {2: {"patch_size": 4, "hidden_size": 48, "mlp_dim": 96, "num_layers": 2, "
 
 # Objectives whose defining input has several channels (modalities, RGB stains).
 CHANNELS: dict[str, int] = {"self_path": 3, "cross_modal_synthesis": 2,
-                            "missing_sequence_synthesis": 2, "clip_cross_modal": 2}
+                            "missing_sequence_synthesis": 2, "clip_cross_modal": 2,
+                            "colorization": 3}
 
 
 def encoder_for(kind: str, dims: int, channels: int = 1):  # noqa: ANN201
@@ -43,7 +44,8 @@ def objective_for(method: str, dims: int):  # noqa: ANN201
 # The catalog's dims, for objectives that run in one only.
 ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2, "slice_ordering": 3,
              "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3, "rubiks_cube_plus": 3,
-             "self_path": 2, "temporal_order": 3, "spatiotemporal_transform": 3}
+             "self_path": 2, "temporal_order": 3, "spatiotemporal_transform": 3,
+             "colorization": 2}
 CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 
 
@@ -86,7 +88,8 @@ READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "pa
                  "slice_ordering", "ssmtl", "dira", "rotation_contrastive", "lvm_med", "parcl",
                  "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle", "self_path",
                  "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
-                 "clip_cross_modal", "temporal_order", "spatiotemporal_transform"]
+                 "clip_cross_modal", "temporal_order", "spatiotemporal_transform", "cl_mri",
+                 "colorization"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

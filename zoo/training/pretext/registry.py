@@ -8,12 +8,14 @@ from torch import nn
 
 from .adversarial import DiRA
 from .base import Objective, ObjectiveError
+from .colorization import Colorization
 from .contrastive import NNCLR, ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
 from .cross_modal import ClipCrossModal, CrossModalSynthesis, MissingSequenceSynthesis
 from .generative import MAE, ContextRestoration, Inpainting, ModelsGenesis, SimMIM
 from .graph_contrast import LVMMed, PaRCL
 from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
+from .kspace import CLMRI
 from .local_distillation import PGL, UniMiSSPlus
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .pathology import SelfPath
@@ -65,6 +67,8 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "clip_cross_modal": (ClipCrossModal, "any"),
     "temporal_order": (TemporalOrder, "any"),
     "spatiotemporal_transform": (SpatioTemporalTransform, "any"),
+    "cl_mri": (CLMRI, "cnn"),
+    "colorization": (Colorization, "cnn"),
 }
 
 
