@@ -89,7 +89,7 @@ READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "pa
                  "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle", "self_path",
                  "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
                  "clip_cross_modal", "temporal_order", "spatiotemporal_transform", "cl_mri",
-                 "colorization"]
+                 "colorization", "msn"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)
@@ -107,7 +107,8 @@ def test_catalog_hyperparameters_are_all_read(method: str) -> None:
     cls, _ = OBJECTIVES[method]
     assert set(hp) <= set(inspect.signature(cls.__init__).parameters)
     dims = ONLY_DIMS.get(method, 2)
-    build_objective(method, encoder_for("cnn", dims, CHANNELS.get(method, 1)), **hp)
+    kind = "vit" if OBJECTIVES[method][1] == "vit" else "cnn"
+    build_objective(method, encoder_for(kind, dims, CHANNELS.get(method, 1)), **hp)
 
 
 def test_ema_moves_towards_online() -> None:

@@ -17,6 +17,7 @@ from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
 from .kspace import CLMRI
 from .local_distillation import PGL, UniMiSSPlus
+from .msn import MSN
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .pathology import SelfPath
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
@@ -69,6 +70,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "spatiotemporal_transform": (SpatioTemporalTransform, "any"),
     "cl_mri": (CLMRI, "cnn"),
     "colorization": (Colorization, "cnn"),
+    "msn": (MSN, "vit"),
 }
 
 
