@@ -17,10 +17,13 @@ def test_pretrainable_ids_are_catalog_methods() -> None:
 def test_recommendations_say_which_methods_can_be_pretrained() -> None:
     from rules import TaskProfile
 
-    rec = default_engine().recommend(TaskProfile(task="classification", modality="xray",
-                                                 label_regime="low", top_k=100))
-    assert {r.id for r in rec.recommendations if r.pretrainable} == (
-        PRETRAINABLE & {r.id for r in rec.recommendations})
+    for profile in (TaskProfile(task="classification", modality="xray", label_regime="low",
+                                top_k=100),
+                    TaskProfile(task="segmentation", modality="mri", anatomy="brain",
+                                dimensionality="3d", label_regime="low", top_k=100)):
+        rec = default_engine().recommend(profile)
+        assert {r.id for r in rec.recommendations if r.pretrainable} == (
+            PRETRAINABLE & {r.id for r in rec.recommendations})
     assert any(not r.pretrainable for r in rec.recommendations)
 
 

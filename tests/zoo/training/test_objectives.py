@@ -89,7 +89,7 @@ READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "pa
                  "pgl", "unimiss_plus", "rubiks_cube_plus", "multimodal_puzzle", "self_path",
                  "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
                  "clip_cross_modal", "temporal_order", "spatiotemporal_transform", "cl_mri",
-                 "colorization", "msn"]
+                 "colorization", "msn", "latent_token_masking"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

@@ -16,6 +16,7 @@ from .graph_contrast import LVMMed, PaRCL
 from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
 from .kspace import CLMRI
+from .latent_tokens import LatentTokenMasking
 from .local_distillation import PGL, UniMiSSPlus
 from .msn import MSN
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
@@ -71,6 +72,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "cl_mri": (CLMRI, "cnn"),
     "colorization": (Colorization, "cnn"),
     "msn": (MSN, "vit"),
+    "latent_token_masking": (LatentTokenMasking, "cnn"),
 }
 
 
