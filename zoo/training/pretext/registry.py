@@ -17,6 +17,7 @@ from .hybrid import ContrastiveRestoration
 from .jepa import IJEPA
 from .kspace import CLMRI
 from .latent_tokens import LatentTokenMasking
+from .lesion_contrast import LesionSliceContrast
 from .local_distillation import PGL, UniMiSSPlus
 from .msn import MSN
 from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
@@ -73,6 +74,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "colorization": (Colorization, "cnn"),
     "msn": (MSN, "vit"),
     "latent_token_masking": (LatentTokenMasking, "cnn"),
+    "lesion_slice_contrast": (LesionSliceContrast, "cnn"),
 }
 
 
