@@ -12,7 +12,7 @@ PRETRAINABLE = frozenset({
     "dense_contrast", "dino", "dira", "ijepa", "inpainting", "jigsaw", "latent_token_masking",
     "lesion_slice_contrast", "lvm_med", "mae", "micle", "missing_sequence_synthesis", "moco_v2",
     "models_genesis", "msn", "multimodal_puzzle", "nnclr", "parcl", "patient_siamese", "pgl",
-    "rotation_contrastive", "rotation_prediction", "rubiks_cube", "rubiks_cube_plus",
-    "self_path", "simclr", "simmim", "simsiam", "slice_ordering", "spark",
+    "residual_cuboid_masking", "rotation_contrastive", "rotation_prediction", "rubiks_cube",
+    "rubiks_cube_plus", "self_path", "simclr", "simmim", "simsiam", "slice_ordering", "spark",
     "spatiotemporal_transform", "ssmtl", "temporal_order", "unimiss_plus", "vox2vec"
 })

@@ -24,6 +24,7 @@ from .noncontrastive import BYOL, DINO, BarlowTwins, SimSiam
 from .pathology import SelfPath
 from .predictive import Jigsaw, RotationPrediction, RubiksCube
 from .puzzles import MultimodalPuzzle, RubiksCubePlus
+from .residual_masking import ResidualCuboidMasking
 from .rotation_contrast import RotationContrast
 from .siamese import PatientSiamese
 from .slices import SSMTL, SliceOrdering
@@ -75,6 +76,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "msn": (MSN, "vit"),
     "latent_token_masking": (LatentTokenMasking, "cnn"),
     "lesion_slice_contrast": (LesionSliceContrast, "cnn"),
+    "residual_cuboid_masking": (ResidualCuboidMasking, "cnn"),
 }
 
 
