@@ -90,7 +90,7 @@ READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "pa
                  "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
                  "clip_cross_modal", "temporal_order", "spatiotemporal_transform", "cl_mri",
                  "colorization", "msn", "latent_token_masking", "lesion_slice_contrast",
-                 "residual_cuboid_masking"]
+                 "residual_cuboid_masking", "mmode_temporal_contrast"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

@@ -30,6 +30,7 @@ from .siamese import PatientSiamese
 from .slices import SSMTL, SliceOrdering
 from .sparse_masking import SparK
 from .temporal import SpatioTemporalTransform, TemporalOrder
+from .video_contrast import MModeContrast
 
 OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "simclr": (SimCLR, "cnn"),
@@ -77,6 +78,7 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "latent_token_masking": (LatentTokenMasking, "cnn"),
     "lesion_slice_contrast": (LesionSliceContrast, "cnn"),
     "residual_cuboid_masking": (ResidualCuboidMasking, "cnn"),
+    "mmode_temporal_contrast": (MModeContrast, "cnn"),
 }
 
 
