@@ -45,7 +45,8 @@ def objective_for(method: str, dims: int):  # noqa: ANN201
 ONLY_DIMS = {"rubiks_cube": 3, "jigsaw": 2, "contrastive_clustering": 2, "slice_ordering": 3,
              "ssmtl": 3, "rotation_contrastive": 2, "parcl": 2, "pgl": 3, "rubiks_cube_plus": 3,
              "self_path": 2, "temporal_order": 3, "spatiotemporal_transform": 3,
-             "colorization": 2, "lesion_slice_contrast": 3, "residual_cuboid_masking": 3}
+             "colorization": 2, "lesion_slice_contrast": 3, "residual_cuboid_masking": 3,
+             "spatial_awareness": 3}
 CASES = [(m, d) for m in OBJECTIVES for d in (2, 3) if ONLY_DIMS.get(m, d) == d]
 
 
@@ -90,7 +91,8 @@ READS_CATALOG = ["contrastive_clustering", "inpainting", "simsiam", "nnclr", "pa
                  "spark", "cross_modal_synthesis", "missing_sequence_synthesis",
                  "clip_cross_modal", "temporal_order", "spatiotemporal_transform", "cl_mri",
                  "colorization", "msn", "latent_token_masking", "lesion_slice_contrast",
-                 "residual_cuboid_masking", "mmode_temporal_contrast"]
+                 "residual_cuboid_masking", "mmode_temporal_contrast", "alice",
+                 "spatial_awareness"]
 
 
 @pytest.mark.parametrize("method", READS_CATALOG)

@@ -7,13 +7,13 @@ milliseconds, so it cannot import the objectives themselves;
 """
 
 PRETRAINABLE = frozenset({
-    "barlow_twins", "byol", "cl_mri", "clip_cross_modal", "colorization", "context_restoration",
-    "contrastive_clustering", "contrastive_reconstruction", "cross_modal_synthesis",
-    "dense_contrast", "dino", "dira", "ijepa", "inpainting", "jigsaw", "latent_token_masking",
-    "lesion_slice_contrast", "lvm_med", "mae", "micle", "missing_sequence_synthesis",
-    "mmode_temporal_contrast", "moco_v2", "models_genesis", "msn", "multimodal_puzzle", "nnclr",
-    "parcl", "patient_siamese", "pgl", "residual_cuboid_masking", "rotation_contrastive",
-    "rotation_prediction", "rubiks_cube", "rubiks_cube_plus", "self_path", "simclr", "simmim",
-    "simsiam", "slice_ordering", "spark", "spatiotemporal_transform", "ssmtl", "temporal_order",
-    "unimiss_plus", "vox2vec"
+    "alice", "barlow_twins", "byol", "cl_mri", "clip_cross_modal", "colorization",
+    "context_restoration", "contrastive_clustering", "contrastive_reconstruction",
+    "cross_modal_synthesis", "dense_contrast", "dino", "dira", "ijepa", "inpainting", "jigsaw",
+    "latent_token_masking", "lesion_slice_contrast", "lvm_med", "mae", "micle",
+    "missing_sequence_synthesis", "mmode_temporal_contrast", "moco_v2", "models_genesis", "msn",
+    "multimodal_puzzle", "nnclr", "parcl", "patient_siamese", "pgl", "residual_cuboid_masking",
+    "rotation_contrastive", "rotation_prediction", "rubiks_cube", "rubiks_cube_plus",
+    "self_path", "simclr", "simmim", "simsiam", "slice_ordering", "spark", "spatial_awareness",
+    "spatiotemporal_transform", "ssmtl", "temporal_order", "unimiss_plus", "vox2vec"
 })

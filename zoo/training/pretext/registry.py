@@ -7,6 +7,7 @@ from typing import Any
 from torch import nn
 
 from .adversarial import DiRA
+from .anatomy import Alice, SpatialAwareness
 from .base import Objective, ObjectiveError
 from .colorization import Colorization
 from .contrastive import NNCLR, ContrastiveClustering, DenseContrast, MICLe, MoCoV2, SimCLR
@@ -79,6 +80,8 @@ OBJECTIVES: dict[str, tuple[type[Objective], str]] = {
     "lesion_slice_contrast": (LesionSliceContrast, "cnn"),
     "residual_cuboid_masking": (ResidualCuboidMasking, "cnn"),
     "mmode_temporal_contrast": (MModeContrast, "cnn"),
+    "alice": (Alice, "cnn"),
+    "spatial_awareness": (SpatialAwareness, "any"),
 }
 
 
