@@ -193,7 +193,8 @@ def _print_recommendation(rec: Recommendation, matches: list[dict] | None = None
     table.add_column("score", justify="right", no_wrap=True)
     table.add_column("pretext", no_wrap=True)
     for r in rec.recommendations:
-        runs = "[green]runnable here[/green]" if r.id in implemented else "literature only"
+        runs = ("[green]runnable here[/green]" if r.id in implemented
+                else "literature only" if r.literature_only else "not yet")
         table.add_row(str(r.rank), r.id, r.alignment.rating, f"{r.score:g}", runs)
     console.print(table)
     keys = ("mask_ratio", "temperature", "crop_scale", "grid", "patch_size", "queue_size")
@@ -205,11 +206,14 @@ def _print_recommendation(rec: Recommendation, matches: list[dict] | None = None
             details.append(f"hyperparameters: {hp}")
         zoo = [m["name"] for m in matches if m["method_id"] == r.id]
         details.append(f"zoo: {', '.join(zoo)}" if zoo else "[dim]zoo: no encoder[/dim]")
+        if r.literature_only:
+            details.append(f"[dim]literature only: {r.literature_only}[/dim]")
         for line in details:
             console.print(Padding(line, (0, 0, 0, 4), expand=False), highlight=False)
     if implemented:
         console.print("[dim]runnable here: taskalign jobs submit --type pretrain --method ID; "
-                      "literature only: in the review, no objective implemented[/dim]")
+                      "literature only: its input exists in no data set here; not yet: no "
+                      "objective implemented[/dim]")
     if matches:
         console.print("[bold]zoo encoders[/bold] for this profile, best first:")
         for m in matches[:5]:

@@ -197,6 +197,16 @@ def recommend_output(home: Path, *args: str) -> str:
     return done.stdout
 
 
+def test_recommend_says_which_methods_are_literature_only(server: Server) -> None:
+    out = recommend_output(server.home, "--task", "segmentation", "--modality", "mri",
+                           "--anatomy", "brain", "--dimensionality", "3d", "--label-regime",
+                           "low", "--top-k", "60")
+    rows = {cells[1]: cells[-1] for line in out.splitlines() if line.startswith("│")
+            for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
+    assert rows["geodesic_distance"] == "literature only"
+    assert "literature only: It needs serial sections" in " ".join(out.split())
+
+
 def test_recommend_reads_at_80_columns(server: Server) -> None:
     from zoo.training.pretext.registry import OBJECTIVES
 
@@ -211,9 +221,10 @@ def test_recommend_reads_at_80_columns(server: Server) -> None:
             for cells in [[c.strip() for c in line.split("│")[1:-1]]]}
     assert list(rows) == [r.id for r in rec.recommendations]  # every id whole, in order
     for r in rec.recommendations:
-        expected = "runnable here" if r.id in OBJECTIVES else "literature only"
+        expected = ("runnable here" if r.id in OBJECTIVES
+                    else "literature only" if r.literature_only else "not yet")
         assert rows[r.id][-1] == expected, (r.id, rows[r.id])
-    assert {"runnable here", "literature only"} <= {cells[-1] for cells in rows.values()}
+    assert "runnable here" in {cells[-1] for cells in rows.values()}
     # The public encoder pretrained with simclr is named under simclr's details; the
     # fine-tuned one is Alice's (private) and is not listed.
     assert "simclr" in rows, "simclr should be recommended for ultrasound classification"
