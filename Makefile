@@ -21,10 +21,12 @@ run: $(STAMP)
 	$(VENV)/bin/taskalign serve
 
 # pytest exits 5 when it collects no test; that is not a failure of the suite. Two
-# processes, a test file each at a time (module-scoped servers stay in one process).
+# processes, a test file each at a time (module-scoped servers stay in one process), each
+# on one BLAS/OpenMP thread: two processes of two spinning threads on two cores made some
+# training tests 20x slower (6 s alone, 130 s beside another).
 TEST_PROCESSES ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadfile; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
 
 # Builds the images from Debian packages and starts the compose stack for real (needs a
 # Docker engine and docker-compose; about 10 minutes). Not part of `make test`.
