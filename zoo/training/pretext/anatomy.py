@@ -40,11 +40,15 @@ def draw_crops(n: int, dims: int, gen: torch.Generator | None, device: torch.dev
 def crop(x: torch.Tensor, centre: torch.Tensor, side: torch.Tensor) -> torch.Tensor:
     """Resample each sample's crop to the full input size (one grid_sample)."""
     n, dims = centre.shape
-    theta = torch.zeros(n, dims, dims + 1, device=x.device, dtype=x.dtype)
-    theta[:, :, :dims] = torch.diag_embed(side).to(x.dtype)
-    theta[:, :, dims] = centre.to(x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    # fp32 with autocast off: a bf16 grid misplaces voxels by up to a tenth of a voxel at
+    # 128, and the correspondences are meant to be exact.
+    with torch.autocast(x.device.type, enabled=False):
+        theta = torch.zeros(n, dims, dims + 1, device=x.device)
+        theta[:, :, :dims] = torch.diag_embed(side.float())
+        theta[:, :, dims] = centre.float()
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x.float(), grid, mode="bilinear", padding_mode="border",
+                             align_corners=False)
 
 
 def shared_points(c1: torch.Tensor, s1: torch.Tensor, c2: torch.Tensor, s2: torch.Tensor,

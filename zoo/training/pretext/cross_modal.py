@@ -88,10 +88,11 @@ def clip_loss(za: torch.Tensor, zb: torch.Tensor, temperature: float) -> torch.T
     modality-A embedding with every modality-B one, over the temperature; pairs of the same
     sample sit on the diagonal, and the cross entropy is taken over rows (A to B) and
     columns (B to A), averaged. In fp32: bf16 logits over 0.07 lose the softmax's tail."""
-    za, zb = F.normalize(za.float(), dim=1), F.normalize(zb.float(), dim=1)
-    logits = za @ zb.t() / temperature
-    target = torch.arange(len(za), device=za.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+    with torch.autocast(za.device.type, enabled=False):  # the matmul too, not just inputs
+        za, zb = F.normalize(za.float(), dim=1), F.normalize(zb.float(), dim=1)
+        logits = za @ zb.t() / temperature
+        target = torch.arange(len(za), device=za.device)
+        return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
 class CrossModalSynthesis(Objective):

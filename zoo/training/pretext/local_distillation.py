@@ -115,11 +115,12 @@ def render(x: torch.Tensor, pair: CropPair, i: int) -> torch.Tensor:
     copy of the crop."""
     centre, half = pair.box(i)
     shape = (-1, *[1] * len(pair.size), len(pair.size))
-    u = _mesh(-torch.ones_like(centre), torch.ones_like(centre), pair.size)
-    p = centre.view(shape) + half.view(shape) * torch.einsum("bij,b...j->b...i",
-                                                             pair.turn[:, i], u)
-    return F.grid_sample(x, _grid(p).to(x.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=False)
+    with torch.autocast(x.device.type, enabled=False):  # a bf16 einsum breaks exactness
+        u = _mesh(-torch.ones_like(centre), torch.ones_like(centre), pair.size)
+        p = centre.view(shape) + half.view(shape) * torch.einsum(
+            "bij,b...j->b...i", pair.turn[:, i].float(), u)
+        return F.grid_sample(x.float(), _grid(p), mode="bilinear", padding_mode="border",
+                             align_corners=False)
 
 
 def overlap_grid(pair: CropPair, i: int, out: list[int]) -> torch.Tensor:
@@ -128,9 +129,10 @@ def overlap_grid(pair: CropPair, i: int, out: list[int]) -> torch.Tensor:
     lo, hi = pair.overlap()
     centre, half = pair.box(i)
     shape = (-1, *[1] * len(out), len(out))
-    crop_coords = (_mesh(lo, hi, out) - centre.view(shape)) / half.view(shape)
-    # turn is a signed permutation: its inverse is its transpose.
-    return _grid(torch.einsum("bji,b...j->b...i", pair.turn[:, i], crop_coords))
+    with torch.autocast(centre.device.type, enabled=False):
+        crop_coords = (_mesh(lo, hi, out) - centre.view(shape)) / half.view(shape)
+        # turn is a signed permutation: its inverse is its transpose.
+        return _grid(torch.einsum("bji,b...j->b...i", pair.turn[:, i].float(), crop_coords))
 
 
 def sample(fmap: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

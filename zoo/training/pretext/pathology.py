@@ -44,8 +44,9 @@ def hematoxylin(x: torch.Tensor) -> torch.Tensor:
     """Haematoxylin concentration (B, 1, H, W) of RGB images in [0, 1] by colour
     deconvolution: optical density -log10(I) is a linear mix of the stain vectors, so the
     inverse of the stain matrix unmixes it (Ruifrok & Johnston 2001)."""
-    od = -torch.log10(x.float().clamp(min=1 / 255, max=1.0))
-    return torch.einsum("bchw,c->bhw", od, _UNMIX[:, 0].to(od.device))[:, None]
+    with torch.autocast(x.device.type, enabled=False):  # the target stays fp32 on a GPU
+        od = -torch.log10(x.float().clamp(min=1 / 255, max=1.0))
+        return torch.einsum("bchw,c->bhw", od, _UNMIX[:, 0].to(od.device))[:, None]
 
 
 def zoom(x: torch.Tensor, factors: torch.Tensor, size: list[int]) -> torch.Tensor:
