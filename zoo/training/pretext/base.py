@@ -17,15 +17,24 @@ class ObjectiveError(ValueError):
     pass
 
 
-def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The last convolutional feature map (B, C, *s) of a ResNet encoder."""
+def stage_maps(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """The outputs of the four residual stages of a ResNet encoder, shallow to deep."""
     if not isinstance(encoder, ResNetEncoder):
         raise ObjectiveError("this objective needs a convolutional (resnet) encoder")
     net = encoder.net
     x = net.act(net.bn1(net.conv1(x)))
     if not net.no_max_pool:
         x = net.maxpool(x)
-    return net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    maps = []
+    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
+        x = layer(x)
+        maps.append(x)
+    return maps
+
+
+def feature_map(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The last convolutional feature map (B, C, *s) of a ResNet encoder."""
+    return stage_maps(encoder, x)[-1]
 
 
 def need_vit(encoder: nn.Module) -> ViTEncoder:

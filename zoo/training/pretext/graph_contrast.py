@@ -12,7 +12,7 @@ from zoo.architectures import ResNetEncoder
 
 from ..augment import Policy
 from . import losses
-from .base import EMA, Objective, ObjectiveError, mlp, standardise
+from .base import EMA, Objective, ObjectiveError, mlp, stage_maps, standardise
 from .contrastive import MoCoV2
 
 SINKHORN_STEPS = 20  # alternating row/column normalisations; B x B, so cheap at any batch
@@ -113,22 +113,6 @@ class LVMMed(Objective):
 # it out and blur, noise and colour jitter can erase the subtle signs PaRCL is after.
 WEAK_OPS = frozenset({"horizontal_flip", "vertical_flip", "intensity_shift", "gamma"})
 STRENGTHS = {"weak": WEAK_OPS}
-
-
-def stage_maps(encoder: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
-    """The outputs of the four residual stages of a ResNet encoder, shallow to deep (the
-    last is `base.feature_map`)."""
-    if not isinstance(encoder, ResNetEncoder):
-        raise ObjectiveError("this objective needs a convolutional (resnet) encoder")
-    net = encoder.net
-    x = net.act(net.bn1(net.conv1(x)))
-    if not net.no_max_pool:
-        x = net.maxpool(x)
-    maps = []
-    for layer in (net.layer1, net.layer2, net.layer3, net.layer4):
-        x = layer(x)
-        maps.append(x)
-    return maps
 
 
 def stage_widths(encoder: nn.Module) -> list[int]:
